@@ -1,0 +1,35 @@
+"""bilevel_rl: batched, jitted soft MDP solvers and hyper-gradients for bilevel RL."""
+
+from bilevel_rl import suites
+from bilevel_rl.mdp import TabularMDP, broadcast, stack, unstack
+from bilevel_rl.soft import (
+    SoftSolution,
+    occupancy_measure,
+    soft_bellman_operator,
+    soft_max,
+    soft_policy,
+    soft_policy_evaluation,
+    soft_q,
+    soft_value_iteration,
+    soft_value_iteration_unrolled,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SoftSolution",
+    "TabularMDP",
+    "__version__",
+    "broadcast",
+    "occupancy_measure",
+    "soft_bellman_operator",
+    "soft_max",
+    "soft_policy",
+    "soft_policy_evaluation",
+    "soft_q",
+    "soft_value_iteration",
+    "soft_value_iteration_unrolled",
+    "stack",
+    "suites",
+    "unstack",
+]

@@ -1,0 +1,1 @@
+"""Bilevel algorithms, one module each."""

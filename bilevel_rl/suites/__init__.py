@@ -1,0 +1,1 @@
+"""Problem generators (MATH.md §9)."""
