@@ -2,6 +2,7 @@
 
 from bilevel_rl import suites
 from bilevel_rl.mdp import TabularMDP, broadcast, stack, unstack
+from bilevel_rl.problem import BilevelProblem
 from bilevel_rl.soft import (
     SoftSolution,
     occupancy_measure,
@@ -17,6 +18,7 @@ from bilevel_rl.soft import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "BilevelProblem",
     "SoftSolution",
     "TabularMDP",
     "__version__",
