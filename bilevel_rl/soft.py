@@ -216,7 +216,7 @@ def soft_value_iteration(
     """
     if method not in METHODS:
         raise ValueError(f"method: must be one of {METHODS}, got {method!r}")
-    if not tol >= 0:
+    if not isinstance(tol, jax.core.Tracer) and not tol >= 0:
         raise ValueError(f"tol: must be >= 0, got {tol!r}")
     if int(max_iters) < 1:
         raise ValueError(f"max_iters: must be >= 1, got {max_iters!r}")

@@ -1,0 +1,122 @@
+"""Solving batches of MDPs: one compiled call, processed in cache-sized chunks.
+
+A soft value-iteration sweep is a matrix-vector product with ``P``; its cost is
+reading ``P``. One small MDP's ``P`` fits in the CPU's L2 cache, so a chunk of a few
+MDPs that runs *all* its sweeps before the next chunk starts is several times faster
+than sweeping the whole batch once per iteration, which streams every ``P`` from DRAM
+on each sweep (DESIGN.md "Scale"). :func:`solve_batch` does the former with
+``lax.map(..., batch_size=chunk)`` inside one ``jit``; instances keep their own
+stopping test inside a chunk.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+
+from bilevel_rl.mdp import TabularMDP
+from bilevel_rl.soft import SoftSolution, soft_value_iteration
+from bilevel_rl.types import Array
+
+DEFAULT_CACHE_BYTES = 2 * 1024 * 1024
+"""L2 size assumed when the machine does not report one (2 MiB)."""
+
+
+def cache_bytes() -> int:
+    """Per-core L2 cache size in bytes, read from sysfs (Linux), else a default."""
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for entry in sorted(os.listdir(base)):
+            with open(os.path.join(base, entry, "level")) as fh:
+                if fh.read().strip() != "2":
+                    continue
+            with open(os.path.join(base, entry, "size")) as fh:
+                text = fh.read().strip().upper()
+            scale = {"K": 1024, "M": 1024**2}.get(text[-1], 1)
+            return int(text.rstrip("KM")) * scale
+    except (OSError, ValueError):
+        pass
+    return DEFAULT_CACHE_BYTES
+
+
+def auto_chunk_size(mdp: TabularMDP, batch_size: int) -> int:
+    """Number of MDPs whose ``P`` together fill about half the L2 cache.
+
+    Args:
+        mdp: a batched MDP (only its shapes and dtype are read).
+        batch_size: the batch size ``B``; the result is at most ``B``.
+
+    Returns:
+        A chunk size in ``[1, B]``. On accelerators the whole batch is one chunk.
+    """
+    if jax.default_backend() != "cpu":
+        return batch_size
+    per_mdp = mdp.P[0].size * mdp.P.dtype.itemsize
+    return int(max(1, min(batch_size, (cache_bytes() // 2) // per_mdp)))
+
+
+def solve_batch(
+    mdp: TabularMDP,
+    reward: Array,
+    *,
+    tol: float = 1e-8,
+    max_iters: int = 10_000,
+    method: str = "value_iteration",
+    init: Array | None = None,
+    chunk_size: int | None = None,
+) -> SoftSolution:
+    """Solves a batch of soft MDPs in one jitted call, chunk by chunk.
+
+    Results are identical to ``jax.vmap(soft_value_iteration)`` on the whole batch
+    (every instance has its own stopping test); only the order of memory traffic
+    changes.
+
+    Args:
+        mdp: batched MDP, ``P: [B, S, A, S]``.
+        reward: ``[B, S, A]`` rewards.
+        tol: see :func:`bilevel_rl.soft_value_iteration`.
+        max_iters: see :func:`bilevel_rl.soft_value_iteration`.
+        method: see :func:`bilevel_rl.soft_value_iteration`.
+        init: ``[B, S]`` warm starts, or ``None`` for zeros.
+        chunk_size: MDPs per chunk; ``None`` picks :func:`auto_chunk_size`.
+
+    Returns:
+        A batched :class:`~bilevel_rl.SoftSolution` (every field with leading ``B``).
+
+    Raises:
+        ValueError: ``mdp`` is not batched with one leading axis, ``reward`` has the
+            wrong shape, or ``chunk_size < 1``.
+    """
+    if mdp.P.ndim != 4:
+        raise ValueError(
+            f"mdp.P: solve_batch needs one leading batch axis [B, S, A, S], got shape "
+            f"{mdp.P.shape}"
+        )
+    B, S, A, _ = mdp.P.shape
+    reward = jnp.asarray(reward)
+    if reward.shape != (B, S, A):
+        raise ValueError(
+            f"reward: expected shape [B, S, A] = ({B}, {S}, {A}), got {reward.shape}"
+        )
+    if init is None:
+        init = jnp.zeros((B, S), jnp.result_type(mdp.P.dtype, reward.dtype))
+    chunk = auto_chunk_size(mdp, B) if chunk_size is None else int(chunk_size)
+    if chunk < 1:
+        raise ValueError(f"chunk_size: must be >= 1, got {chunk_size!r}")
+    return _solve_chunked(
+        mdp, reward, init, min(chunk, B), float(tol), int(max_iters), method
+    )
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6))
+def _solve_chunked(mdp, reward, init, chunk, tol, max_iters, method):
+    def solve_one(args):
+        m, r, v0 = args
+        return soft_value_iteration(
+            m, r, tol=tol, max_iters=max_iters, init=v0, method=method
+        )
+
+    return jax.lax.map(solve_one, (mdp, reward, init), batch_size=chunk)

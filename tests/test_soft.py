@@ -1,0 +1,250 @@
+"""Soft Bellman operators and solvers (MATH.md §1)."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import random_P
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.special import logsumexp as np_logsumexp
+
+import bilevel_rl as br
+from bilevel_rl.distributed import solve_batch
+from bilevel_rl.soft import METHODS
+
+
+def make_mdp(seed, S, A, gamma=0.9, tau=0.5, kl=False, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    ref = rng.dirichlet(np.ones(A), size=S) if kl else None
+    mdp = br.TabularMDP.create(
+        random_P(rng, S, A).astype(dtype),
+        gamma=gamma,
+        tau=tau,
+        rho=rng.dirichlet(np.ones(S)),
+        ref_policy=ref,
+    )
+    return mdp, jnp.asarray(rng.normal(size=(S, A)).astype(dtype))
+
+
+@functools.partial(jax.jit, static_argnames=("method", "max_iters"))
+def solve(mdp, reward, method="value_iteration", tol=1e-10, max_iters=10_000):
+    return br.soft_value_iteration(
+        mdp, reward, method=method, tol=tol, max_iters=max_iters
+    )
+
+
+def numpy_soft_vi(P, r, gamma, tau, sweeps, log_pi0=None):
+    """Independent NumPy reference: plain soft value iteration."""
+    v = np.zeros(P.shape[0])
+    shift = 0.0 if log_pi0 is None else log_pi0
+    for _ in range(sweeps):
+        v = tau * np_logsumexp((r + gamma * P @ v) / tau + shift, axis=1)
+    return v
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("kl", [False, True])
+def test_fixed_point_policy_and_numpy_reference(method, kl):
+    mdp, r = make_mdp(0, 6, 3, kl=kl)
+    sol = solve(mdp, r, method=method)
+    # the reported residual is the Bellman residual of the returned v
+    bellman = br.soft_bellman_operator(mdp, r, sol.v)
+    assert float(jnp.max(jnp.abs(bellman - sol.v))) <= float(sol.residual) + 1e-14
+    assert float(sol.residual) <= 1e-10
+    np.testing.assert_allclose(sol.q, r + mdp.gamma * mdp.P @ sol.v, atol=1e-12)
+    np.testing.assert_allclose(sol.policy.sum(-1), 1.0, atol=1e-12)
+    assert float(sol.policy.min()) > 0
+    log_pi0 = np.log(np.asarray(mdp.ref_policy)) if kl else None
+    v_ref = numpy_soft_vi(np.asarray(mdp.P), np.asarray(r), 0.9, 0.5, 400, log_pi0)
+    np.testing.assert_allclose(sol.v, v_ref, atol=1e-9)
+
+
+def test_methods_reach_the_same_fixed_point_and_pi_is_faster():
+    mdp, r = make_mdp(1, 8, 3, gamma=0.99)
+    vi = solve(mdp, r, method="value_iteration")
+    pi = solve(mdp, r, method="policy_iteration")
+    np.testing.assert_allclose(vi.v, pi.v, atol=1e-7)  # residual/(1-gamma) bound
+    assert int(pi.iterations) < 20 < int(vi.iterations)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    S=st.sampled_from([1, 3, 5]),
+    A=st.sampled_from([1, 2, 4]),
+    gamma=st.floats(0.0, 0.95),
+    tau=st.floats(0.05, 5.0),
+    seed=st.integers(0, 10_000),
+)
+def test_random_mdps_fixed_point_and_evaluation(S, A, gamma, tau, seed):
+    mdp, r = make_mdp(seed, S, A, gamma=gamma, tau=tau)
+    sol = solve(mdp, r, method="value_iteration")
+    assert float(sol.residual) <= 1e-10
+    np.testing.assert_allclose(sol.policy.sum(-1), 1.0, atol=1e-12)
+    # soft policy evaluation of pi* returns V* (up to the solver's accuracy)
+    v, q = br.soft_policy_evaluation(mdp, r, sol.policy)
+    bound = 1e-10 / (1 - gamma) + 1e-10
+    np.testing.assert_allclose(v, sol.v, atol=bound * (1 + gamma / (1 - gamma)))
+    np.testing.assert_allclose(q, r + gamma * mdp.P @ v, atol=1e-10)
+
+
+@pytest.mark.parametrize("kl", [False, True])
+def test_single_state_closed_form(kl):
+    A, gamma, tau = 4, 0.7, 0.3
+    r = jnp.array([[0.3, -1.0, 2.0, 0.5]])
+    pi0 = np.array([[0.1, 0.2, 0.3, 0.4]]) if kl else None
+    mdp = br.TabularMDP.create(np.ones((1, A, 1)), gamma=gamma, tau=tau, ref_policy=pi0)
+    sol = solve(mdp, r)
+    shift = np.log(pi0) if kl else 0.0
+    logits = np.asarray(r) / tau + shift
+    np.testing.assert_allclose(sol.policy, np.exp(logits - np_logsumexp(logits)))
+    np.testing.assert_allclose(sol.v, tau * np_logsumexp(logits) / (1 - gamma))
+
+
+def test_uniform_reference_policy_shifts_values_by_tau_log_A():
+    mdp, r = make_mdp(2, 5, 3)
+    kl = mdp.replace(ref_policy=jnp.full((5, 3), 1 / 3))
+    ent, rel = solve(mdp, r), solve(kl, r)
+    np.testing.assert_allclose(rel.policy, ent.policy, atol=1e-12)
+    shift = 0.5 * np.log(3) / (1 - 0.9)
+    np.testing.assert_allclose(ent.v - rel.v, shift, atol=1e-9)
+    v_kl, _ = br.soft_policy_evaluation(kl, r, rel.policy)
+    np.testing.assert_allclose(v_kl, rel.v, atol=1e-9)
+
+
+def test_occupancy_sums_to_one_and_matches_power_series():
+    mdp, r = make_mdp(3, 5, 3, gamma=0.8)
+    pi = solve(mdp, r).policy
+    d = br.occupancy_measure(mdp, pi)
+    np.testing.assert_allclose(float(d.sum()), 1.0, atol=1e-12)
+    assert float(d.min()) >= 0
+    P_pi = np.einsum("sa,sat->st", pi, mdp.P)
+    mu, d_s = np.asarray(mdp.rho), np.zeros(5)
+    for t in range(300):
+        d_s += (1 - 0.8) * 0.8**t * mu
+        mu = mu @ P_pi
+    np.testing.assert_allclose(d, d_s[:, None] * np.asarray(pi), atol=1e-12)
+
+
+def test_unrolled_converges_geometrically_to_the_fixed_point():
+    mdp, r = make_mdp(4, 6, 3, gamma=0.8)
+    exact = solve(mdp, r)
+    errs = []
+    for K in (5, 10, 20, 40):
+        sol = br.soft_value_iteration_unrolled(mdp, r, K)
+        assert int(sol.iterations) == K
+        errs.append(float(jnp.max(jnp.abs(sol.v - exact.v))))
+        v0_err = float(jnp.max(jnp.abs(exact.v)))
+        assert errs[-1] <= 0.8**K * v0_err + 1e-10
+    assert errs == sorted(errs, reverse=True)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("method", METHODS)
+def test_stability_grid_is_finite(dtype, method):
+    """tau down to 1e-4, gamma up to 0.999, |r| up to 1e4, float32 and float64."""
+    for tau in (1e-4, 1.0):
+        for gamma in (0.5, 0.999):
+            for scale in (1.0, 1e4):
+                mdp, r = make_mdp(5, 4, 3, gamma=gamma, tau=tau, dtype=dtype)
+                sol = solve(mdp, r * scale, method=method, tol=1e-8)
+                assert sol.v.dtype == dtype
+                for field in (sol.q, sol.v, sol.policy, sol.residual):
+                    assert bool(jnp.all(jnp.isfinite(field))), (tau, gamma, scale)
+                np.testing.assert_allclose(sol.policy.sum(-1), 1.0, atol=1e-5)
+                v, _ = br.soft_policy_evaluation(mdp, r * scale, sol.policy)
+                d = br.occupancy_measure(mdp, sol.policy)
+                assert bool(jnp.all(jnp.isfinite(v))) and bool(jnp.all(jnp.isfinite(d)))
+
+
+def test_float32_stops_at_its_roundoff_floor():
+    mdp, r = make_mdp(6, 8, 4, gamma=0.9, dtype=np.float32)
+    sol = solve(mdp, r, tol=1e-12)  # unreachable in float32
+    assert int(sol.iterations) < 1000
+    ref = solve(*make_mdp(6, 8, 4, gamma=0.9), method="policy_iteration")
+    np.testing.assert_allclose(sol.v, ref.v, atol=1e-4)
+
+
+def test_argument_errors_name_the_argument():
+    mdp, r = make_mdp(7, 3, 2)
+    with pytest.raises(ValueError, match="method: must be one of"):
+        br.soft_value_iteration(mdp, r, method="newton")
+    with pytest.raises(ValueError, match="tol: must be >= 0"):
+        br.soft_value_iteration(mdp, r, tol=-1.0)
+    with pytest.raises(ValueError, match="max_iters: must be >= 1"):
+        br.soft_value_iteration(mdp, r, max_iters=0)
+
+
+# ----------------------------------------------------------- jit and vmap agreement
+
+B, S, A = 5, 4, 3
+
+
+@pytest.fixture(scope="module")
+def batch():
+    pairs = [make_mdp(10 + i, S, A, gamma=0.5 + 0.1 * i, kl=True) for i in range(B)]
+    mdps = br.stack([m for m, _ in pairs])
+    rewards = jnp.stack([r for _, r in pairs])
+    policies = jax.nn.softmax(rewards, axis=-1)
+    values = rewards[..., 0]
+    return pairs, mdps, rewards, policies, values
+
+
+PUBLIC = {
+    "soft_q": lambda m, r, pi, v: br.soft_q(m, r, v),
+    "soft_max": lambda m, r, pi, v: br.soft_max(m, r),
+    "soft_policy": lambda m, r, pi, v: br.soft_policy(m, r),
+    "soft_bellman_operator": lambda m, r, pi, v: br.soft_bellman_operator(m, r, v),
+    "soft_policy_evaluation": lambda m, r, pi, v: br.soft_policy_evaluation(m, r, pi),
+    "occupancy_measure": lambda m, r, pi, v: br.occupancy_measure(m, pi),
+    "value_iteration": lambda m, r, pi, v: br.soft_value_iteration(m, r, tol=1e-9),
+    "policy_iteration": lambda m, r, pi, v: br.soft_value_iteration(
+        m, r, tol=1e-9, method="policy_iteration"
+    ),
+    "unrolled": lambda m, r, pi, v: br.soft_value_iteration_unrolled(m, r, 7),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLIC))
+def test_jit_and_vmap_match_unbatched(name, batch):
+    pairs, mdps, rewards, policies, values = batch
+    fn = PUBLIC[name]
+    batched = jax.jit(jax.vmap(fn))(mdps, rewards, policies, values)
+    for i, (m, r) in enumerate(pairs):
+        single = fn(m, r, policies[i], values[i])
+        jitted = jax.jit(fn)(m, r, policies[i], values[i])
+        for a, b, c in zip(
+            jax.tree.leaves(single), jax.tree.leaves(jitted), jax.tree.leaves(batched)
+        ):
+            np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(c[i], a, rtol=1e-12, atol=1e-12)
+
+
+def test_vmapped_solver_stops_each_instance_on_its_own(batch):
+    pairs, mdps, rewards, _, _ = batch
+    out = jax.vmap(lambda m, r: br.soft_value_iteration(m, r, tol=1e-9))(mdps, rewards)
+    alone = [int(solve(m, r, tol=1e-9).iterations) for m, r in pairs]
+    assert list(np.asarray(out.iterations)) == alone
+    assert len(set(alone)) > 1  # gammas differ, so iteration counts differ
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 2, 5, 8])
+def test_solve_batch_chunked_equals_vmap(chunk, batch):
+    _, mdps, rewards, _, _ = batch
+    ref = jax.vmap(lambda m, r: br.soft_value_iteration(m, r, tol=1e-9))(mdps, rewards)
+    out = solve_batch(mdps, rewards, tol=1e-9, chunk_size=chunk)
+    for a, b in zip(ref, out):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12)
+
+
+def test_solve_batch_validates():
+    mdp, r = make_mdp(0, 3, 2)
+    with pytest.raises(ValueError, match=r"mdp.P: solve_batch needs one leading"):
+        solve_batch(mdp, r)
+    mdps = br.broadcast(mdp, 2)
+    with pytest.raises(ValueError, match=r"reward: expected shape \[B, S, A\]"):
+        solve_batch(mdps, r)
+    with pytest.raises(ValueError, match="chunk_size: must be >= 1"):
+        solve_batch(mdps, jnp.stack([r, r]), chunk_size=0)
