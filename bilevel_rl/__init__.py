@@ -1,8 +1,10 @@
 """bilevel_rl: batched, jitted soft MDP solvers and hyper-gradients for bilevel RL."""
 
-from bilevel_rl import suites
+from bilevel_rl import objectives, rewards, sampling, suites
+from bilevel_rl.distributed import solve_batch
 from bilevel_rl.mdp import TabularMDP, broadcast, stack, unstack
 from bilevel_rl.problem import BilevelProblem
+from bilevel_rl.sampling import rollout
 from bilevel_rl.soft import (
     SoftSolution,
     occupancy_measure,
@@ -23,7 +25,11 @@ __all__ = [
     "TabularMDP",
     "__version__",
     "broadcast",
+    "objectives",
     "occupancy_measure",
+    "rewards",
+    "rollout",
+    "sampling",
     "soft_bellman_operator",
     "soft_max",
     "soft_policy",
@@ -31,6 +37,7 @@ __all__ = [
     "soft_q",
     "soft_value_iteration",
     "soft_value_iteration_unrolled",
+    "solve_batch",
     "stack",
     "suites",
     "unstack",

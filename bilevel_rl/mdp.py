@@ -202,16 +202,12 @@ def unstack(batch: TabularMDP) -> list[TabularMDP]:
             f"batch.P: expected one leading batch axis [B, S, A, S], got shape "
             f"{batch.P.shape}"
         )
-    return [
-        jax.tree.map(lambda x, i=i: x[i], batch) for i in range(batch.P.shape[0])
-    ]
+    return [jax.tree.map(lambda x, i=i: x[i], batch) for i in range(batch.P.shape[0])]
 
 
 def broadcast(mdp: TabularMDP, batch_size: int) -> TabularMDP:
     """Repeats one MDP ``batch_size`` times along a new leading axis."""
-    return jax.tree.map(
-        lambda x: jnp.broadcast_to(x, (batch_size, *x.shape)), mdp
-    )
+    return jax.tree.map(lambda x: jnp.broadcast_to(x, (batch_size, *x.shape)), mdp)
 
 
 # ---------------------------------------------------------------------- validation

@@ -24,7 +24,7 @@ from bilevel_rl.types import Array, PyTree
 
 @struct.dataclass
 class BilevelProblem:
-    """``min_x f(data, x, pi*_x)`` with ``pi*_x`` soft-optimal for ``reward_fn(data, x)``.
+    """``min_x f(data, x, pi*_x)``, ``pi*_x`` soft-optimal for ``reward_fn(data, x)``.
 
     Attributes:
         mdp: the follower's MDP (``P: [S, A, S]``, or ``[B, S, A, S]`` for a batch).

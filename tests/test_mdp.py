@@ -52,8 +52,9 @@ def test_dtype_follows_input_and_override():
     # integer one-hot transitions are accepted and converted to a float dtype
     onehot = np.zeros((2, 1, 2), dtype=np.int64)
     onehot[:, 0, 0] = 1
-    assert jnp.issubdtype(TabularMDP.create(onehot, gamma=0.5, tau=1).P.dtype,
-                          jnp.floating)
+    assert jnp.issubdtype(
+        TabularMDP.create(onehot, gamma=0.5, tau=1).P.dtype, jnp.floating
+    )
     with pytest.raises(TypeError, match="dtype"):
         TabularMDP.create(P, gamma=0.5, tau=1, dtype=jnp.int32)
 
@@ -102,7 +103,11 @@ def test_row_sum_tolerance_is_1e_6():
         (dict(rho=np.ones(4) / 4), ValueError, r"rho: expected shape \[S\] = \(3,\)"),
         (dict(rho=np.array([0.5, 0.6, -0.1])), ValueError, r"rho: .*>= 0.*rho\[2\]"),
         (dict(rho=np.array([0.5, 0.4, 0.0])), ValueError, r"rho: rows must sum to 1"),
-        (dict(rho=np.array([np.inf, 0, 0])), ValueError, r"rho: entries must be finite"),
+        (
+            dict(rho=np.array([np.inf, 0, 0])),
+            ValueError,
+            r"rho: entries must be finite",
+        ),
         (dict(gamma=1.0), ValueError, r"gamma: must lie in \[0, 1\)"),
         (dict(gamma=-0.1), ValueError, r"gamma: must lie in \[0, 1\)"),
         (dict(gamma=float("nan")), ValueError, r"gamma: must be finite"),
@@ -112,7 +117,11 @@ def test_row_sum_tolerance_is_1e_6():
         (dict(tau=-1.0), ValueError, r"tau: must be > 0"),
         (dict(tau=float("inf")), ValueError, r"tau: must be finite"),
         (dict(tau="1"), TypeError, r"tau: must be a real number"),
-        (dict(ref_policy=np.ones((3, 3)) / 3), ValueError, r"ref_policy: expected shape"),
+        (
+            dict(ref_policy=np.ones((3, 3)) / 3),
+            ValueError,
+            r"ref_policy: expected shape",
+        ),
         (
             dict(ref_policy=np.array([[0.5, 0.5], [0.7, 0.7], [0.5, 0.5]])),
             ValueError,
