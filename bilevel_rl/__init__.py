@@ -2,6 +2,18 @@
 
 from bilevel_rl import objectives, rewards, sampling, suites
 from bilevel_rl.distributed import solve_batch
+from bilevel_rl.hypergrad import (
+    HYPERGRADIENT_METHODS,
+    hypergradient,
+    q_value_jacobian,
+    value_and_hypergradient,
+    value_jacobian,
+)
+from bilevel_rl.implicit import (
+    adjoint_weights,
+    soft_optimal_policy,
+    soft_optimal_solution,
+)
 from bilevel_rl.mdp import TabularMDP, broadcast, stack, unstack
 from bilevel_rl.problem import BilevelProblem
 from bilevel_rl.sampling import rollout
@@ -20,6 +32,14 @@ from bilevel_rl.soft import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "HYPERGRADIENT_METHODS",
+    "adjoint_weights",
+    "hypergradient",
+    "q_value_jacobian",
+    "soft_optimal_policy",
+    "soft_optimal_solution",
+    "value_and_hypergradient",
+    "value_jacobian",
     "BilevelProblem",
     "SoftSolution",
     "TabularMDP",
