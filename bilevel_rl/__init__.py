@@ -20,6 +20,7 @@ from bilevel_rl.sampling import rollout
 from bilevel_rl.soft import (
     SoftSolution,
     occupancy_measure,
+    policy_mirror_descent_step,
     soft_bellman_operator,
     soft_max,
     soft_policy,
@@ -47,6 +48,7 @@ __all__ = [
     "broadcast",
     "objectives",
     "occupancy_measure",
+    "policy_mirror_descent_step",
     "rewards",
     "rollout",
     "sampling",

@@ -275,3 +275,37 @@ def soft_value_iteration_unrolled(
 
     v, _ = jax.lax.scan(body, v0, None, length=num_iters)
     return _finish(mdp, reward, v, jnp.asarray(num_iters, jnp.int32))
+
+
+def policy_mirror_descent_step(
+    mdp: TabularMDP, reward: Array, policy: Array, eta: float
+) -> Array:
+    """One step of entropy-regularized policy mirror descent (PMD).
+
+    ``pi'(a|s) ∝ pi(a|s)^{1/(1 + eta tau)} pi0(a|s)^{eta tau/(1 + eta tau)}
+    exp(eta Q^pi(s, a) / (1 + eta tau))`` with ``Q^pi`` the exact soft Q-values of
+    ``pi`` (:func:`soft_policy_evaluation`); without a reference policy ``pi0`` is
+    dropped. ``eta = inf`` gives ``softmax(Q^pi / tau (+ log pi0))``, one round of
+    soft policy iteration. The fixed point is the soft-optimal policy ``pi*``; the
+    convergence is linear with rate ``1 - eta tau / (1 + eta tau) (1 - gamma)`` or
+    better.
+
+    This is the inner rule of SoBiRL's Algorithm 1 as reconstructed in MATH.md §4
+    **[reconstructed inner rule]**.
+
+    Args:
+        mdp: the MDP.
+        reward: ``[S, A]``.
+        policy: ``[S, A]`` current policy with positive entries.
+        eta: step size ``> 0`` (``float("inf")`` allowed; static).
+
+    Returns:
+        ``[S, A]`` the next policy.
+    """
+    _, q = soft_policy_evaluation(mdp, reward, policy)
+    if eta == float("inf"):
+        return soft_policy(mdp, q)
+    keep = 1.0 / (1.0 + eta * mdp.tau)
+    log_pi = jnp.log(jnp.where(policy > 0, policy, jnp.finfo(q.dtype).tiny))
+    logits = keep * log_pi + (1.0 - keep) * _logits(mdp, q)
+    return jax.nn.softmax(logits, axis=-1)

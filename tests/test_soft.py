@@ -177,6 +177,23 @@ def test_argument_errors_name_the_argument():
         br.soft_value_iteration(mdp, r, max_iters=0)
 
 
+@pytest.mark.parametrize("kl", [False, True])
+def test_policy_mirror_descent_converges_to_the_soft_optimal_policy(kl):
+    mdp, r = make_mdp(8, 6, 3, gamma=0.9, kl=kl)
+    star = solve(mdp, r, method="policy_iteration").policy
+    step = jax.jit(br.policy_mirror_descent_step, static_argnames="eta")
+    for eta, rounds in ((0.5, 60), (5.0, 15), (float("inf"), 6)):
+        pi = jnp.full((6, 3), 1 / 3)
+        errs = []
+        for _ in range(rounds):
+            pi = step(mdp, r, pi, eta=eta)
+            errs.append(float(jnp.max(jnp.abs(pi - star))))
+        assert errs[-1] < 1e-6, (eta, errs[-1])
+        assert errs[-1] < errs[0]
+    # pi* is a fixed point of every step size
+    np.testing.assert_allclose(step(mdp, r, star, eta=0.3), star, atol=1e-12)
+
+
 # ----------------------------------------------------------- jit and vmap agreement
 
 B, S, A = 5, 4, 3
@@ -204,6 +221,7 @@ PUBLIC = {
         m, r, tol=1e-9, method="policy_iteration"
     ),
     "unrolled": lambda m, r, pi, v: br.soft_value_iteration_unrolled(m, r, 7),
+    "pmd_step": lambda m, r, pi, v: br.policy_mirror_descent_step(m, r, pi, 2.0),
 }
 
 
