@@ -1,0 +1,269 @@
+"""The SoBiRL paper's synthetic experiment with M-SoBiRL (MATH.md §3), batched.
+
+Runs Algorithm 2 with the paper's exact sizes and steps (S=10, A=5, d=100, γ=0.5, τ=1,
+β=8e-3, ζ=0.5, N=10, K=3000, float64) on one instance and on a batch of instances
+with different seeds in one compiled call, and times in the same process:
+
+* the batched JAX run (per-instance time = wall / B), compile time separately;
+* the same JAX code run at batch 1, instance by instance (compiled once);
+* a straightforward per-instance NumPy loop of the same algorithm (no JAX), checked
+  against the JAX iterates before it is timed.
+
+Writes ``benchmarks/results/msobirl_synthetic.{json,png}``.
+
+Usage: ``python benchmarks/msobirl_synthetic.py [--batch 256] [--iters 3000] [--quick]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from scipy.special import logsumexp, softmax  # noqa: E402
+
+from bilevel_rl.algorithms import m_sobirl  # noqa: E402
+from bilevel_rl.algorithms.base import run  # noqa: E402
+from bilevel_rl.hypergrad import hypergradient  # noqa: E402
+from bilevel_rl.suites import sobirl_synthetic  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CONFIG = dict(beta=8e-3, zeta=0.5, inner_steps=10)
+AUTHORS_MS_PER_ITER_CPU = 16.7  # MATH.md §3, their PyTorch run on a 2-core CPU
+
+
+def numpy_m_sobirl(P, M, c, x0, w0, gamma, tau, beta, zeta, inner_steps, iters):
+    """Algorithm 2 for one instance, plain NumPy (the baseline)."""
+    S, A, _ = P.shape
+    x, w = x0.copy(), w0.copy()
+    v = np.zeros(S)
+    pi = np.full((S, A), 1.0 / A)
+    U = np.eye(S)[:, None, :] - gamma * P
+    xs, gnorms, fs = [], [], []
+    for _ in range(iters):
+        f = 0.5 * x @ x + 0.5 * np.sum(pi * pi)
+        grad_pi = pi
+        A_k = np.eye(S) - gamma * np.einsum("sa,sat->st", pi, P)
+        pg = pi * grad_pi
+        b = np.einsum("sat,sa->t", U, pg)
+        w = w - zeta * A_k @ (A_k.T @ w - b)
+        q = c * (x @ M @ x) + gamma * P @ v
+        pi_tilde = softmax(q / tau, axis=1)
+        dq = (M + M.T) @ x
+        g = x + (np.sum(pg * c) - np.sum(pi_tilde * w[:, None] * c)) / tau * dq
+        x = x - beta * g
+        r = c * (x @ M @ x)
+        for _ in range(inner_steps):
+            v = tau * logsumexp((r + gamma * P @ v) / tau, axis=1)
+        pi = softmax((r + gamma * P @ v) / tau, axis=1)
+        xs.append(x.copy())
+        gnorms.append(np.linalg.norm(g))
+        fs.append(f)
+    return np.array(xs), np.array(gnorms), np.array(fs)
+
+
+def numpy_inputs(problem):
+    """The positional arguments of :func:`numpy_m_sobirl` for one instance."""
+    p = jax.tree.map(np.asarray, problem)
+    return (
+        p.mdp.P,
+        p.data.M,
+        p.data.c,
+        p.x0,
+        p.data.w0,
+        float(p.mdp.gamma),
+        float(p.mdp.tau),
+        CONFIG["beta"],
+        CONFIG["zeta"],
+        CONFIG["inner_steps"],
+    )
+
+
+def median_time(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t)
+    return float(np.median(times)), times
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--iters", type=int, default=3000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--numpy-instances", type=int, default=2)
+    parser.add_argument("--single-instances", type=int, default=4)
+    parser.add_argument("--quick", action="store_true", help="tiny smoke run")
+    parser.add_argument(
+        "--out", default=os.path.join(HERE, "results", "msobirl_synthetic")
+    )
+    args = parser.parse_args()
+    if args.quick:
+        args.batch, args.iters, args.repeats = 8, 50, 1
+        args.numpy_instances, args.single_instances = 1, 2
+    B, K = args.batch, args.iters
+
+    keys = jax.random.split(jax.random.key(0), B)
+    problems = jax.vmap(sobirl_synthetic)(keys)
+    solver = m_sobirl.make(**CONFIG, w0="data", track_exact=False)
+
+    # --- batched JAX run: compile (first call) separately from steady state
+    t0 = time.perf_counter()
+    state, hist = jax.block_until_ready(run(solver, problems, keys, K))
+    first_call = time.perf_counter() - t0
+    batch_s, batch_times = median_time(
+        lambda: run(solver, problems, keys, K), args.repeats
+    )
+    compile_s = first_call - batch_s
+
+    # exact hyper-gradient and upper value at the final iterate of every instance
+    def exact(problem, x):
+        reward_fn, upper = problem.bind()
+        return jnp.linalg.norm(hypergradient(upper, reward_fn, x, problem.mdp))
+
+    exact_norms = np.asarray(jax.jit(jax.vmap(exact))(problems, state.x))
+    f_final = np.asarray(hist["f"][:, -1])
+
+    # --- the same JAX code at batch 1, instance by instance (compiled once)
+    n1 = min(args.single_instances, B)
+    single = [jax.tree.map(lambda a, i=i: a[i], problems) for i in range(n1)]
+    jax.block_until_ready(run(solver, single[0], keys[0], K))  # compile
+    t0 = time.perf_counter()
+    for i in range(n1):
+        jax.block_until_ready(run(solver, single[i], keys[i], K))
+    single_per_instance = (time.perf_counter() - t0) / n1
+
+    # --- NumPy per-instance loop: check it against JAX, then time it
+    check_iters = min(K, 50)
+    _, np_g, np_f = numpy_m_sobirl(*numpy_inputs(single[0]), check_iters)
+    np.testing.assert_allclose(np_g, hist["grad_norm"][0, :check_iters], rtol=1e-8)
+    np.testing.assert_allclose(np_f, hist["f"][0, :check_iters], rtol=1e-8)
+    n_np = min(args.numpy_instances, B)
+    inputs = [numpy_inputs(single[i % n1]) for i in range(n_np)]
+    t0 = time.perf_counter()
+    for i in range(n_np):
+        numpy_m_sobirl(*inputs[i], K)
+    numpy_per_instance = (time.perf_counter() - t0) / n_np
+
+    batch_per_instance = batch_s / B
+    result = {
+        "benchmark": "msobirl_synthetic",
+        "config": dict(
+            S=10,
+            A=5,
+            d=100,
+            gamma=0.5,
+            tau=1.0,
+            K=K,
+            batch=B,
+            dtype="float64",
+            **CONFIG,
+        ),
+        "compile_s": compile_s,
+        "batch_wall_s_median": batch_s,
+        "batch_wall_s_all": batch_times,
+        "per_instance_s": {
+            "jax_batched": batch_per_instance,
+            "jax_batch1_loop": single_per_instance,
+            "numpy_loop": numpy_per_instance,
+        },
+        "per_iteration_ms": {
+            "jax_batched_per_instance": 1e3 * batch_per_instance / K,
+            "jax_batch1": 1e3 * single_per_instance / K,
+            "numpy": 1e3 * numpy_per_instance / K,
+            "authors_pytorch_cpu_reference": AUTHORS_MS_PER_ITER_CPU,
+        },
+        "speedup_vs_numpy": numpy_per_instance / batch_per_instance,
+        "speedup_vs_jax_batch1": single_per_instance / batch_per_instance,
+        "targets": {"vs_numpy": 100.0, "vs_jax_batch1": 3.0},
+        "numpy_instances_timed": n_np,
+        "jax_batch1_instances_timed": n1,
+        "final": {
+            "f_minus_optimum_max_abs": float(np.max(np.abs(f_final - 1.0))),
+            "exact_grad_norm_max": float(exact_norms.max()),
+            "exact_grad_norm_median": float(np.median(exact_norms)),
+            "estimate_grad_norm_median": float(np.median(hist["grad_norm"][:, -1])),
+            "all_finite": bool(np.all(hist["finite"])),
+        },
+        "machine": {
+            "cpu": _cpu_model(),
+            "cores": os.cpu_count(),
+            "backend": jax.default_backend(),
+            "device": jax.devices()[0].device_kind,
+            "jax": jax.__version__,
+            "python": platform.python_version(),
+        },
+    }
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out + ".json", "w") as fh:
+        json.dump(result, fh, indent=2)
+    _plot(hist, args.out + ".png", B, K)
+    print(
+        json.dumps(
+            {
+                k: result[k]
+                for k in (
+                    "compile_s",
+                    "per_iteration_ms",
+                    "speedup_vs_numpy",
+                    "speedup_vs_jax_batch1",
+                    "final",
+                )
+            },
+            indent=2,
+        )
+    )
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _plot(hist, path, B, K):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = np.arange(K)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, key, label in (
+        (axes[0], "grad_norm", "‖ĝ_k‖"),
+        (axes[1], "f", "f(x_k, π_k) − 1"),
+    ):
+        vals = np.asarray(hist[key])
+        if key == "f":
+            vals = np.abs(vals - 1.0)
+        lo, med, hi = np.percentile(vals, [10, 50, 90], axis=0)
+        ax.fill_between(
+            k, np.maximum(lo, 1e-17), np.maximum(hi, 1e-17), alpha=0.3, label="10–90%"
+        )
+        ax.plot(k, np.maximum(med, 1e-17), label="median")
+        ax.set_yscale("log")
+        ax.set_xlabel("iteration k")
+        ax.set_ylabel(label)
+        ax.legend()
+    fig.suptitle(f"M-SoBiRL, SoBiRL synthetic problem, batch of {B} instances")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
