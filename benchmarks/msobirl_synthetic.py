@@ -5,10 +5,13 @@ Runs Algorithm 2 with the paper's exact sizes and steps (S=10, A=5, d=100, γ=0.
 with different seeds in one compiled call, and times in the same process:
 
 * the batched JAX run (per-instance time = wall / B), compile time separately;
-* the same JAX code run at batch 1, instance by instance (compiled once);
+* the same JAX code run at batch 1, instance by instance (compiled once), in a
+  child process with a single XLA device (its best setting);
 * a straightforward per-instance NumPy loop of the same algorithm (no JAX), checked
   against the JAX iterates before it is timed.
 
+The batched run shards the batch over one XLA host device per core
+(``--xla_force_host_platform_device_count``) and runs cache-sized chunks on each.
 Writes ``benchmarks/results/msobirl_synthetic.{json,png}``.
 
 Usage: ``python benchmarks/msobirl_synthetic.py [--batch 256] [--iters 3000] [--quick]``
@@ -20,9 +23,18 @@ import argparse
 import json
 import os
 import platform
+import subprocess
+import sys
 import time
 
-import jax
+# One XLA host device per core, so that the batch is sharded over the cores
+# (bilevel_rl.distributed.batch_map). Must be set before JAX starts.
+if "--single-device" not in sys.argv:
+    os.environ.setdefault(
+        "XLA_FLAGS", f"--xla_force_host_platform_device_count={os.cpu_count()}"
+    )
+
+import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 
@@ -36,6 +48,7 @@ from bilevel_rl.hypergrad import hypergradient  # noqa: E402
 from bilevel_rl.suites import sobirl_synthetic  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+LOAD_AT_START = os.getloadavg()
 CONFIG = dict(beta=8e-3, zeta=0.5, inner_steps=10)
 AUTHORS_MS_PER_ITER_CPU = 16.7  # MATH.md §3, their PyTorch run on a 2-core CPU
 
@@ -87,6 +100,18 @@ def numpy_inputs(problem):
     )
 
 
+def time_batch1(num_iters, num_instances):
+    """Seconds per instance of ``run`` at batch 1, one instance after another."""
+    keys = jax.random.split(jax.random.key(0), num_instances)
+    solver = m_sobirl.make(**CONFIG, w0="data", track_exact=False)
+    problems = [sobirl_synthetic(k) for k in keys]
+    jax.block_until_ready(run(solver, problems[0], keys[0], num_iters))  # compile
+    t0 = time.perf_counter()
+    for problem, key in zip(problems, keys):
+        jax.block_until_ready(run(solver, problem, key, num_iters))
+    return (time.perf_counter() - t0) / num_instances
+
+
 def median_time(fn, repeats):
     times = []
     for _ in range(repeats):
@@ -107,7 +132,15 @@ def main():
     parser.add_argument(
         "--out", default=os.path.join(HERE, "results", "msobirl_synthetic")
     )
+    parser.add_argument(
+        "--single-device",
+        action="store_true",
+        help="internal: time the batch-1 loop and print seconds",
+    )
     args = parser.parse_args()
+    if args.single_device:
+        print(time_batch1(args.iters, args.single_instances))
+        return
     if args.quick:
         args.batch, args.iters, args.repeats = 8, 50, 1
         args.numpy_instances, args.single_instances = 1, 2
@@ -134,14 +167,24 @@ def main():
     exact_norms = np.asarray(jax.jit(jax.vmap(exact))(problems, state.x))
     f_final = np.asarray(hist["f"][:, -1])
 
-    # --- the same JAX code at batch 1, instance by instance (compiled once)
+    # --- the same JAX code at batch 1, instance by instance, in a 1-device child
     n1 = min(args.single_instances, B)
     single = [jax.tree.map(lambda a, i=i: a[i], problems) for i in range(n1)]
-    jax.block_until_ready(run(solver, single[0], keys[0], K))  # compile
-    t0 = time.perf_counter()
-    for i in range(n1):
-        jax.block_until_ready(run(solver, single[i], keys[i], K))
-    single_per_instance = (time.perf_counter() - t0) / n1
+    child = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--single-device",
+            "--iters",
+            str(K),
+            "--single-instances",
+            str(n1),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    single_per_instance = float(child.stdout.strip().splitlines()[-1])
 
     # --- NumPy per-instance loop: check it against JAX, then time it
     check_iters = min(K, 50)
@@ -188,6 +231,8 @@ def main():
         "targets": {"vs_numpy": 100.0, "vs_jax_batch1": 3.0},
         "numpy_instances_timed": n_np,
         "jax_batch1_instances_timed": n1,
+        "devices": [str(d) for d in jax.devices()],
+        "load_average_at_start": LOAD_AT_START,
         "final": {
             "f_minus_optimum_max_abs": float(np.max(np.abs(f_final - 1.0))),
             "exact_grad_norm_max": float(exact_norms.max()),

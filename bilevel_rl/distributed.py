@@ -17,6 +17,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bilevel_rl.mdp import TabularMDP
 from bilevel_rl.soft import SoftSolution, soft_value_iteration
@@ -133,3 +134,51 @@ def _solve_chunked(mdp, reward, init, chunk, tol, max_iters, method):
         )
 
     return jax.lax.map(solve_one, (mdp, reward, init), batch_size=chunk)
+
+
+# ------------------------------------------------------------- sharded batch map
+
+
+def batch_map(fn, xs, *, chunk_size: int, devices=None):
+    """Maps ``fn`` over the leading axis of ``xs``: sharded, then chunked.
+
+    The batch is split over ``devices`` (default: all local devices) with
+    ``jax.shard_map`` on a one-axis ``Mesh``; on each device ``lax.map`` runs
+    ``chunk_size`` instances at a time (vmapped). An uneven batch is padded by
+    repeating its last instance and the padding is dropped from the result. One
+    device is the degenerate case of the same path. Call it inside ``jit``.
+
+    Args:
+        fn: maps one instance (a pytree without the batch axis) to a pytree.
+        xs: pytree whose leaves share a leading batch axis ``B``.
+        chunk_size: instances per ``lax.map`` step on each device.
+        devices: devices to shard over; default ``jax.local_devices()``.
+
+    Returns:
+        ``fn``'s outputs stacked along a leading axis of size ``B``.
+    """
+    devices = jax.local_devices() if devices is None else list(devices)
+    n = len(devices)
+    B = jax.tree.leaves(xs)[0].shape[0]
+
+    def local(xs):
+        size = jax.tree.leaves(xs)[0].shape[0]
+        return jax.lax.map(fn, xs, batch_size=min(chunk_size, size))
+
+    if n == 1:
+        return local(xs)
+    padded = -(-B // n) * n
+    if padded != B:
+        xs = jax.tree.map(
+            lambda x: jnp.concatenate(
+                [x, jnp.broadcast_to(x[-1:], (padded - B, *x.shape[1:]))]
+            ),
+            xs,
+        )
+    mesh = jax.sharding.Mesh(np.asarray(devices), ("batch",))
+    spec = jax.sharding.PartitionSpec("batch")
+    # check_vma=False: instances are independent, nothing is replicated.
+    out = jax.shard_map(
+        local, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False
+    )(xs)
+    return jax.tree.map(lambda y: y[:B], out)

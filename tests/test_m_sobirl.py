@@ -50,7 +50,8 @@ def test_first_estimate_matches_the_formula(gamma, tau):
     state = solver.init(problem, jax.random.key(0))
     new_state, metrics = jax.jit(solver.step)(state, problem)
     g_ref, w_ref = numpy_first_estimate(P, M, c, x0, w0, gamma, tau, 0.3)
-    np.testing.assert_allclose(new_state.w, w_ref, rtol=1e-12)
+    np.testing.assert_allclose(state.w, w_ref, rtol=1e-12)  # w_1
+    np.testing.assert_allclose(state.g_hat, g_ref, rtol=1e-12)  # ĝ_0
     np.testing.assert_allclose(
         float(metrics["grad_norm"]), np.linalg.norm(g_ref), rtol=1e-12
     )

@@ -45,13 +45,22 @@ W0_CHOICES = ("normal", "zeros", "data")
 
 
 class MSoBiRLState(NamedTuple):
-    """Iterate of M-SoBiRL.
+    """Iterate of M-SoBiRL at outer iteration ``k``.
+
+    The estimate for iteration ``k`` is computed at the end of the previous step
+    (and by ``init`` for ``k = 0``), so that the reward model is evaluated and
+    differentiated once per iteration: one forward and one backward pass.
 
     Attributes:
-        x: leader variable (pytree like ``problem.x0``).
+        x: leader variable ``x_k`` (pytree like ``problem.x0``).
         v: ``[S]`` warm-started value estimate ``V_k``.
-        w: ``[S]`` adjoint estimate ``w_k``.
+        w: ``[S]`` adjoint estimate ``w_{k+1}`` (already stepped at ``x_k``).
         policy: ``[S, A]`` follower policy ``pi_k``.
+        g_hat: hyper-gradient estimate ``ĝ_k`` (pytree like ``x``).
+        f: ``[]`` ``f(x_k, pi_k)``.
+        adjoint_residual: ``[]`` ``‖A_kᵀ w_{k+1} − b_k‖``.
+        inner_residual: ``[]`` sup-norm change of the last inner sweep that
+            produced ``V_k`` (0 at ``k = 0``).
         opt_state: optax state of the upper update.
         key: PRNG key (unused by the deterministic updates; kept for the protocol).
     """
@@ -60,6 +69,10 @@ class MSoBiRLState(NamedTuple):
     v: Array
     w: Array
     policy: Array
+    g_hat: PyTree
+    f: Array
+    adjoint_residual: Array
+    inner_residual: Array
     opt_state: optax.OptState
     key: PRNGKey
 
@@ -106,6 +119,21 @@ def make(
         raise ValueError(f"w0: must be one of {W0_CHOICES}, got {w0!r}")
     opt = optimizer if optimizer is not None else optax.sgd(beta)
 
+    def estimate(problem, x, reward, reward_vjp, v, w, pi, pi_tilde):
+        """``(ĝ, w_next, f, adjoint residual)`` at ``(x, V, pi)``: MATH.md §3."""
+        mdp = problem.mdp
+        f, (grad_x, grad_pi) = jax.value_and_grad(problem.objective, (0, 1))(x, pi)
+        # Adjoint: one gradient step on ½‖A_kᵀ w − b_k‖².
+        P_pi = jnp.einsum("sa,sat->st", pi, mdp.P)
+        A_k = jnp.eye(mdp.num_states, dtype=P_pi.dtype) - mdp.gamma * P_pi
+        pg = pi * grad_pi  # pi ⊙ ∇_pi f, [S, A]
+        b = pg.sum(-1) - mdp.gamma * jnp.einsum("sa,sat->t", pg, mdp.P)  # Uᵀvec(pg)
+        w_next = w - zeta * A_k @ (A_k.T @ w - b)
+        # ĝ = ∇_x f + Jᵀ[(pi ⊙ ∇_pi f − pĩ ⊙ w_next) / tau]: one VJP.
+        (grad_r,) = reward_vjp((pg - pi_tilde * w_next[:, None]) / mdp.tau)
+        g_hat = jax.tree.map(jnp.add, grad_x, grad_r)
+        return g_hat, w_next, f, jnp.linalg.norm(A_k.T @ w_next - b)
+
     def init(problem: BilevelProblem, key: PRNGKey) -> MSoBiRLState:
         mdp = problem.mdp
         dtype = mdp.P.dtype
@@ -117,62 +145,46 @@ def make(
             w = jnp.asarray(problem.data.w0, dtype)
         else:
             w = jnp.zeros((S,), dtype)
-        return MSoBiRLState(
-            x=problem.x0,
-            v=jnp.zeros((S,), dtype),
-            w=w,
-            policy=jnp.full((S, A), 1.0 / A, dtype),
-            opt_state=opt.init(problem.x0),
-            key=key,
-        )
+        x, v = problem.x0, jnp.zeros((S,), dtype)
+        pi = jnp.full((S, A), 1.0 / A, dtype)  # pi_0 uniform (authors' code)
+        reward, reward_vjp = jax.vjp(problem.reward, x)
+        pi_tilde = soft_policy(mdp, soft_q(mdp, reward, v))
+        g_hat, w, f, adj = estimate(problem, x, reward, reward_vjp, v, w, pi, pi_tilde)
+        zero = jnp.zeros((), dtype)
+        return MSoBiRLState(x, v, w, pi, g_hat, f, adj, zero, opt.init(x), key)
 
     def step(state: MSoBiRLState, problem: BilevelProblem):
         mdp = problem.mdp
-        gamma, tau = mdp.gamma, mdp.tau
-        x, v, w, pi = state.x, state.v, state.w, state.policy
-
-        f, (grad_x, grad_pi) = jax.value_and_grad(problem.objective, (0, 1))(x, pi)
-        reward, reward_vjp = jax.vjp(problem.reward, x)
-
-        # Adjoint: one gradient step on ½‖A_kᵀ w − b_k‖².
-        P_pi = jnp.einsum("sa,sat->st", pi, mdp.P)
-        A_k = jnp.eye(mdp.num_states, dtype=P_pi.dtype) - gamma * P_pi
-        pg = pi * grad_pi  # pi ⊙ ∇_pi f, [S, A]
-        b = pg.sum(-1) - gamma * jnp.einsum("sa,sat->t", pg, mdp.P)  # Uᵀ vec(pg)
-        w_new = w - zeta * A_k @ (A_k.T @ w - b)
-        adjoint_residual = jnp.linalg.norm(A_k.T @ w_new - b)
-
-        # Hyper-gradient estimate, one VJP of the reward model.
-        pi_tilde = soft_policy(mdp, soft_q(mdp, reward, v))
-        cotangent = (pg - pi_tilde * w_new[:, None]) / tau
-        (grad_r,) = reward_vjp(cotangent)
-        g_hat = jax.tree.map(jnp.add, grad_x, grad_r)
-
-        updates, opt_state = opt.update(g_hat, state.opt_state, x)
-        x_new = optax.apply_updates(x, updates)
-
-        # N warm-started sweeps for the new reward, then the new policy.
-        r_new = problem.reward(x_new)
-        v_new = jax.lax.fori_loop(
-            0, inner_steps, lambda _, u: soft_bellman_operator(mdp, r_new, u), v
-        )
-        q_new = soft_q(mdp, r_new, v_new)
-        pi_new = soft_policy(mdp, q_new)
-
         metrics = {
-            "grad_norm": tree_norm(g_hat),
-            "f": f,
-            "inner_residual": jnp.max(
-                jnp.abs(soft_bellman_operator(mdp, reward, v) - v)
-            ),
-            "adjoint_residual": adjoint_residual,
+            "grad_norm": tree_norm(state.g_hat),
+            "f": state.f,
+            "inner_residual": state.inner_residual,
+            "adjoint_residual": state.adjoint_residual,
         }
         if track_exact:
-            exact_f, exact_g = _exact(problem, x)
+            exact_f, exact_g = _exact(problem, state.x)
             metrics["exact_f"] = exact_f
             metrics["exact_grad_norm"] = tree_norm(exact_g)
-        new_state = MSoBiRLState(x_new, v_new, w_new, pi_new, opt_state, state.key)
-        metrics["finite"] = all_finite((new_state.x, v_new, w_new, f))
+
+        updates, opt_state = opt.update(state.g_hat, state.opt_state, state.x)
+        x = optax.apply_updates(state.x, updates)
+        reward, reward_vjp = jax.vjp(problem.reward, x)
+
+        # N warm-started sweeps for the new reward, then the new policy.
+        def sweep(_, carry):
+            u, _ = carry
+            u_next = soft_bellman_operator(mdp, reward, u)
+            return u_next, jnp.max(jnp.abs(u_next - u))
+
+        v, inner_residual = jax.lax.fori_loop(
+            0, inner_steps, sweep, (state.v, jnp.zeros((), state.v.dtype))
+        )
+        pi = soft_policy(mdp, soft_q(mdp, reward, v))  # pĩ = pi for k >= 1
+        g_hat, w, f, adj = estimate(problem, x, reward, reward_vjp, v, state.w, pi, pi)
+        new_state = MSoBiRLState(
+            x, v, w, pi, g_hat, f, adj, inner_residual, opt_state, state.key
+        )
+        metrics["finite"] = all_finite((x, v, w, f, g_hat))
         return new_state, metrics
 
     return Solver(init, step)
