@@ -6,7 +6,10 @@ MDPs that runs *all* its sweeps before the next chunk starts is several times fa
 than sweeping the whole batch once per iteration, which streams every ``P`` from DRAM
 on each sweep (DESIGN.md "Scale"). :func:`solve_batch` does the former with
 ``lax.map(..., batch_size=chunk)`` inside one ``jit``; instances keep their own
-stopping test inside a chunk.
+stopping test inside a chunk. With several local devices (accelerators, or CPU
+cores exposed as host devices with
+``XLA_FLAGS=--xla_force_host_platform_device_count=N``) :func:`batch_map` first
+shards the batch over them with ``jax.shard_map``.
 """
 
 from __future__ import annotations
@@ -133,7 +136,7 @@ def _solve_chunked(mdp, reward, init, chunk, tol, max_iters, method):
             m, r, tol=tol, max_iters=max_iters, init=v0, method=method
         )
 
-    return jax.lax.map(solve_one, (mdp, reward, init), batch_size=chunk)
+    return batch_map(solve_one, (mdp, reward, init), chunk_size=chunk)
 
 
 # ------------------------------------------------------------- sharded batch map
