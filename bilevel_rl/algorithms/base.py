@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import optax
 
 from bilevel_rl.distributed import batch_map, cache_bytes
+from bilevel_rl.hypergrad import value_and_hypergradient
 from bilevel_rl.problem import BilevelProblem
 from bilevel_rl.types import PRNGKey, PyTree
 
@@ -168,3 +169,17 @@ def all_finite(tree: PyTree) -> jax.Array:
 def tree_norm(tree: PyTree) -> jax.Array:
     """Euclidean norm of a pytree of arrays."""
     return optax.tree.norm(tree)
+
+
+def exact_metrics(problem: BilevelProblem, x: PyTree) -> dict:
+    """``exact_f = f(x, pi*_x)`` and ``exact_grad_norm = ‖∇φ(x)‖`` (MATH.md §2).
+
+    One follower solve (soft policy iteration) and one closed-form adjoint
+    hyper-gradient of ``problem.upper``; used by every algorithm's
+    ``track_exact`` option.
+    """
+    reward_fn, upper = problem.bind()
+    f, grad = value_and_hypergradient(
+        upper, reward_fn, x, problem.mdp, solver_method="policy_iteration"
+    )
+    return {"exact_f": f, "exact_grad_norm": tree_norm(grad)}

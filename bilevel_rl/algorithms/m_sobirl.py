@@ -34,9 +34,9 @@ from bilevel_rl.algorithms.base import (
     Solver,
     all_finite,
     check_positive,
+    exact_metrics,
     tree_norm,
 )
-from bilevel_rl.hypergrad import value_and_hypergradient
 from bilevel_rl.problem import BilevelProblem
 from bilevel_rl.soft import soft_bellman_operator, soft_policy, soft_q
 from bilevel_rl.types import Array, PRNGKey, PyTree
@@ -162,9 +162,7 @@ def make(
             "adjoint_residual": state.adjoint_residual,
         }
         if track_exact:
-            exact_f, exact_g = _exact(problem, state.x)
-            metrics["exact_f"] = exact_f
-            metrics["exact_grad_norm"] = tree_norm(exact_g)
+            metrics.update(exact_metrics(problem, state.x))
 
         updates, opt_state = opt.update(state.g_hat, state.opt_state, state.x)
         x = optax.apply_updates(state.x, updates)
@@ -188,11 +186,3 @@ def make(
         return new_state, metrics
 
     return Solver(init, step)
-
-
-def _exact(problem: BilevelProblem, x: PyTree):
-    """``f(x, pi*_x)`` and the exact hyper-gradient at ``x`` (MATH.md §2)."""
-    reward_fn, upper = problem.bind()
-    return value_and_hypergradient(
-        upper, reward_fn, x, problem.mdp, method="closed_form"
-    )
