@@ -1,6 +1,6 @@
 """bilevel_rl: batched, jitted soft MDP solvers and hyper-gradients for bilevel RL."""
 
-from bilevel_rl import objectives, rewards, sampling, suites
+from bilevel_rl import algorithms, estimators, objectives, rewards, sampling, suites
 from bilevel_rl.distributed import solve_batch
 from bilevel_rl.hypergrad import (
     HYPERGRADIENT_METHODS,
@@ -45,7 +45,9 @@ __all__ = [
     "SoftSolution",
     "TabularMDP",
     "__version__",
+    "algorithms",
     "broadcast",
+    "estimators",
     "objectives",
     "occupancy_measure",
     "policy_mirror_descent_step",

@@ -6,17 +6,22 @@ it can be stored (static) in a :class:`bilevel_rl.BilevelProblem` and
 ``jax.vmap``-ed over a batch of problems. The exact hyper-gradient of MATH.md §2
 needs ``f`` differentiable in both ``x`` and ``policy``.
 
-Sections: SoBiRL synthetic (MATH.md §3); incentive design (MATH.md §9.3).
+Sections: SoBiRL synthetic (MATH.md §3); incentive design (MATH.md §9.3);
+trajectory-level losses ``l(data, x, trajs)`` of the model-free upper level
+(MATH.md §4, see that section for their convention).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 from flax import struct
 
 from bilevel_rl.mdp import TabularMDP
+from bilevel_rl.sampling import Trajectories, trajectory_returns
 from bilevel_rl.soft import occupancy_measure
 from bilevel_rl.types import Array
 
@@ -116,3 +121,166 @@ def incentive_design(data: IncentiveData, x: Array, policy: Array) -> Array:
         leader objective here is our reconstruction (documented above).
     """
     return -target_visits(data, policy) + data.cost * jnp.sum(x**2)
+
+
+# ------------------------------------------- trajectory-level upper losses (§4)
+#
+# Convention: ``loss(data, x, trajs) -> []`` is the loss ``l(xi; x)`` of ONE tuple
+# ``xi = (tau_1, ..., tau_m)`` of ``H``-step trajectories, passed as a
+# :class:`bilevel_rl.sampling.Trajectories` whose fields are ``[m, H]``. The
+# upper objective is ``f(x, pi) = E_{xi ~ rho(pi; M_u)}[l(xi; x)]`` (MATH.md §4).
+# Losses read ``states``/``actions`` only (not ``final_states`` or ``log_probs``).
+# Bind the data with ``functools.partial(loss, data)`` to get the ``loss(x, trajs)``
+# that :mod:`bilevel_rl.estimators` takes.
+
+__all__ += [
+    "PreferenceData",
+    "ShapingData",
+    "bradley_terry_bce",
+    "reward_shaping_loss",
+    "reward_shaping_value",
+    "rlhf_bce_loss",
+]
+
+
+@struct.dataclass
+class ShapingData:
+    """Data of the reward-shaping upper level (MATH.md §4).
+
+    Attributes:
+        upper_reward: ``[S, A]`` the leader's reward ``r_u``.
+        gamma: ``[]`` discount of the leader's return.
+    """
+
+    upper_reward: Array
+    gamma: Array
+
+
+def reward_shaping_loss(data: ShapingData, x: Any, trajs: Trajectories) -> Array:
+    """Reward-shaping loss ``l(xi; x) = -sum_i sum_{t<H} gamma^t r_u(s^i_t, a^i_t)``.
+
+    The leader's negative discounted return on the follower's trajectories (``m =
+    1`` in the paper; a tuple of ``m`` trajectories sums their returns). It does
+    not depend on ``x``: the leader acts only through the follower's policy.
+
+    Args:
+        data: :class:`ShapingData`.
+        x: leader variable (unused).
+        trajs: :class:`~bilevel_rl.sampling.Trajectories` with fields ``[m, H]``.
+
+    Returns:
+        ``[]`` loss.
+
+    References:
+        Yang, Gao, Yuan, AISTATS 2025, Sections 3.3 and 5; MATH.md §4.
+    """
+    del x
+    return -jnp.sum(trajectory_returns(trajs, data.upper_reward, data.gamma))
+
+
+def reward_shaping_value(
+    data: ShapingData,
+    mdp: TabularMDP,
+    policy: Array,
+    horizon: int,
+    num_trajectories: int = 1,
+) -> Array:
+    """Exact ``E_{xi ~ rho(pi)}[reward_shaping_loss]`` for ``H``-step trajectories.
+
+    ``-m sum_{t<H} gamma^t sum_s mu_t(s) sum_a pi(a|s) r_u(s, a)`` with
+    ``mu_0 = rho`` and ``mu_{t+1} = mu_t P_pi``: the policy-level upper objective
+    whose trajectory form is :func:`reward_shaping_loss` (so the exact
+    hyper-gradient of MATH.md §2 applies to it). Differentiable in ``policy``.
+
+    Args:
+        data: :class:`ShapingData`.
+        mdp: the MDP the trajectories are drawn from (``P``, ``rho``).
+        policy: ``[S, A]``.
+        horizon: ``H`` (static).
+        num_trajectories: ``m`` trajectories per tuple (static).
+
+    Returns:
+        ``[]`` expected loss.
+    """
+    P_pi = jnp.einsum("sa,sat->st", policy, mdp.P)
+    r_pi = jnp.sum(policy * data.upper_reward, axis=-1)
+
+    def body(mu, t):
+        return mu @ P_pi, data.gamma**t * (mu @ r_pi)
+
+    _, per_step = jax.lax.scan(body, mdp.rho, jnp.arange(horizon))
+    return -num_trajectories * jnp.sum(per_step)
+
+
+def bradley_terry_bce(
+    reward: Array,
+    trajs: Trajectories,
+    labels: Array,
+    discount: float | Array = 1.0,
+) -> Array:
+    """Bradley–Terry binary cross-entropy of one trajectory pair.
+
+    ``BCE(y, sigmoid(z)) = softplus(z) - y z`` with ``z = R(tau_1) - R(tau_2)`` and
+    ``R(tau) = sum_t discount^t reward(s_t, a_t)`` (numerically stable form).
+
+    Args:
+        reward: ``[S, A]`` the (model) reward ``r_x``.
+        trajs: :class:`~bilevel_rl.sampling.Trajectories` with fields ``[2, H]``,
+            the pair ``(tau_1, tau_2)``.
+        labels: ``[]`` label or probability ``y`` that ``tau_1`` is preferred
+            (hard ``{0, 1}`` or soft ``[0, 1]``).
+        discount: return discount (``1.0``: the plain sum of MATH.md §4).
+
+    Returns:
+        ``[]`` loss.
+    """
+    returns = trajectory_returns(trajs, reward, discount)
+    z = returns[0] - returns[1]
+    return jax.nn.softplus(z) - labels * z
+
+
+@struct.dataclass
+class PreferenceData:
+    """Data of the RLHF upper level (MATH.md §4, §9.4).
+
+    Attributes:
+        reward_data: what the reward model reads, ``reward_fn(reward_data, x)``.
+        true_reward: ``[S, A]`` the labeller's hidden reward ``r*``.
+        reward_fn: static reward model ``reward_fn(reward_data, x) -> [S, A]``
+            (e.g. :func:`bilevel_rl.rewards.linear_reward`); a hashable function.
+        discount: ``[]`` return discount of ``R`` (``1.0`` in MATH.md §4).
+    """
+
+    reward_data: Any
+    true_reward: Array
+    reward_fn: Callable[[Any, Any], Array] = struct.field(pytree_node=False)
+    discount: Array = struct.field(default_factory=lambda: jnp.asarray(1.0))
+
+
+def rlhf_bce_loss(data: PreferenceData, x: Any, trajs: Trajectories) -> Array:
+    """RLHF loss ``l(tau_1, tau_2; x) = BCE(y, sigmoid(R_x(tau_1) - R_x(tau_2)))``.
+
+    ``R_x(tau) = sum_t r_x(s_t, a_t)`` with ``r_x = reward_fn(reward_data, x)``;
+    the label is the Bradley–Terry probability ``y = sigmoid(R*(tau_1) -
+    R*(tau_2))`` of the true reward. BCE is linear in ``y``, so this equals the
+    expectation of the hard-label loss over ``y ~ Bernoulli(sigmoid(R* diff))``
+    given the pair: the same ``phi(x)`` and hyper-gradient as sampled labels, with
+    less variance (Rao–Blackwellized). For a fixed labelled data set use
+    :func:`bradley_terry_bce` with hard labels.
+
+    Args:
+        data: :class:`PreferenceData`.
+        x: leader variable (reward-model parameters, any pytree).
+        trajs: :class:`~bilevel_rl.sampling.Trajectories` with fields ``[2, H]``.
+
+    Returns:
+        ``[]`` loss.
+
+    References:
+        Yang, Gao, Yuan, AISTATS 2025, Sections 3.3 and 5; Christiano et al. 2017;
+        MATH.md §4.
+    """
+    true_returns = trajectory_returns(trajs, data.true_reward, data.discount)
+    labels = jax.nn.sigmoid(true_returns[0] - true_returns[1])
+    reward = data.reward_fn(data.reward_data, x)
+    return bradley_terry_bce(reward, trajs, labels, data.discount)

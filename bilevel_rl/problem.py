@@ -35,6 +35,13 @@ class BilevelProblem:
         upper: ``upper(data, x, policy) -> []`` upper objective ``f`` (static).
         optimum: known optimal value of ``f`` (``nan`` if unknown); batched like
             ``mdp``.
+        trajectory_loss: for the model-free algorithms (SoBiRL, Stoc-SoBiRL), the
+            loss ``l(data, x, trajs) -> []`` of one tuple of ``num_trajectories``
+            trajectories of ``horizon`` steps (``trajs`` fields ``[m, H]``), with
+            ``upper(data, x, pi) = E_{xi ~ rho(pi)}[l(data, x, xi)]`` (MATH.md §4);
+            ``None`` when the problem has no trajectory form (static).
+        horizon: ``H`` of the trajectory loss (static).
+        num_trajectories: ``m`` trajectories per tuple (static).
     """
 
     mdp: TabularMDP
@@ -43,6 +50,11 @@ class BilevelProblem:
     reward_fn: Callable[[Any, PyTree], Array] = struct.field(pytree_node=False)
     upper: Callable[[Any, PyTree, Array], Array] = struct.field(pytree_node=False)
     optimum: Array = struct.field(default_factory=lambda: jnp.asarray(jnp.nan))
+    trajectory_loss: Callable[[Any, PyTree, Any], Array] | None = struct.field(
+        pytree_node=False, default=None
+    )
+    horizon: int = struct.field(pytree_node=False, default=0)
+    num_trajectories: int = struct.field(pytree_node=False, default=1)
 
     def reward(self, x: PyTree) -> Array:
         """``[S, A]`` reward of leader variable ``x``."""
@@ -55,3 +67,7 @@ class BilevelProblem:
     def bind(self):
         """Returns ``(reward_fn(x), upper(x, policy))`` closures for one instance."""
         return self.reward, self.objective
+
+    def loss(self, x: PyTree, trajs) -> Array:
+        """Trajectory loss ``l(xi; x)`` of one tuple (needs ``trajectory_loss``)."""
+        return self.trajectory_loss(self.data, x, trajs)

@@ -1,1 +1,19 @@
-"""Bilevel algorithms, one module each."""
+"""Bilevel algorithms, one module each, on one API (DESIGN.md).
+
+Each module exposes ``make(...) -> Solver(init, step)``; :func:`run` scans ``step``
+inside one ``jit`` and ``vmap``s (and shards) over a batch of problems and seeds.
+
+========================  =============================================  ==========
+module                    algorithm                                      stochastic
+========================  =============================================  ==========
+:mod:`.exact`             hyper-gradient descent with the exact §2 grad  no
+:mod:`.m_sobirl`          M-SoBiRL (SoBiRL paper, Algorithm 2)           no
+:mod:`.sobirl`            SoBiRL (Algorithm 1), sampled outer tuples     yes
+:mod:`.stoc_sobirl`       Stoc-SoBiRL (Algorithms 3-4), STORM momentum   yes
+========================  =============================================  ==========
+"""
+
+from bilevel_rl.algorithms import exact, m_sobirl, sobirl, stoc_sobirl
+from bilevel_rl.algorithms.base import Solver, run
+
+__all__ = ["Solver", "exact", "m_sobirl", "run", "sobirl", "stoc_sobirl"]

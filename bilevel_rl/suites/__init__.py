@@ -31,6 +31,7 @@ from bilevel_rl.suites.random_mdps import (
     random_mdp,
     random_reward_features,
 )
+from bilevel_rl.suites.shaping import ShapingSuiteData, shaping_problem
 from bilevel_rl.suites.sobirl import (
     SoBiRLData,
     sobirl_synthetic,
@@ -41,6 +42,7 @@ from bilevel_rl.suites.sobirl import (
 __all__ = [
     "FOUR_ROOMS_LAYOUT",
     "RewardFeatures",
+    "ShapingSuiteData",
     "SoBiRLData",
     "aihf_gaussian_reward",
     "bandit_mdp",
@@ -55,6 +57,7 @@ __all__ = [
     "gridworld_mdp",
     "random_mdp",
     "random_reward_features",
+    "shaping_problem",
     "sobirl_synthetic",
     "sobirl_synthetic_from_arrays",
     "sobirl_transitions",

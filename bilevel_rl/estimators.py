@@ -1,0 +1,398 @@
+"""Model-free hyper-gradients of trajectory upper levels (MATH.md §4–5).
+
+Upper objective ``f(x, pi) = E_{xi ~ rho(pi; M_u)}[l(xi; x)]`` over tuples ``xi =
+(tau_1..tau_m)`` of ``H``-step trajectories of the upper MDP ``M_u`` (own ``P_u``,
+``rho_u``; default ``M_u = M``). Prop. 5.2 with the Prop. 5.1 Jacobians ``dQ*``,
+``dV*`` of the lower MDP ``M``:
+
+    grad phi(x) = E[grad_x l(xi; x)]                                           (12)
+                + (1/tau) E[l(xi; x) sum_{i,t} (dQ*(s_t, a_t) - dV*(s_t))]     (13)
+
+computed exactly by enumeration (:func:`exact_trajectory_hypergradient`), with
+sampled tuples (:func:`sampled_outer_hypergradient`, SoBiRL Algorithm 1) or fully
+sampled (:func:`sampled_hypergradient`, Stoc-SoBiRL Algorithm 3).
+
+Conventions: ``loss(x, trajs) -> []`` is ``l`` of ONE tuple, ``trajs`` a
+:class:`~bilevel_rl.sampling.Trajectories` with fields ``[m, H]`` (``partial`` of a
+``loss(data, x, trajs)`` of :mod:`bilevel_rl.objectives`); ``reward_fn(x) -> [S,
+A]``; ``x`` any pytree. Sampled ``sum gamma^t grad_x r_x(s_t, a_t)`` are ``J^T`` of
+visit counts: each estimate is ONE ``jax.vjp`` of ``x -> (l(xi_1..xi_D; x), r_x)``.
+Sizes ``H, m, D, E, L`` are static; everything jits and vmaps.
+
+References:
+    Yang, Gao, Yuan, "Bilevel Reinforcement Learning via the Development of
+    Hyper-gradient without Lower-Level Convexity", AISTATS 2025, Props. 5.1–5.2,
+    Algorithms 1 and 3; MATH.md §4–5.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from bilevel_rl.hypergrad import adjoint_weights, q_value_jacobian, value_jacobian
+from bilevel_rl.implicit import DEFAULT_MAX_ITERS, DEFAULT_TOL
+from bilevel_rl.mdp import TabularMDP
+from bilevel_rl.sampling import Trajectories, rollout, rollout_from
+from bilevel_rl.soft import soft_value_iteration
+from bilevel_rl.types import Array, PRNGKey, PyTree
+
+__all__ = [
+    "MAX_ENUMERATED_TUPLES",
+    "enumerate_tuples",
+    "exact_trajectory_hypergradient",
+    "expected_trajectory_loss",
+    "sampled_hypergradient",
+    "sampled_outer_hypergradient",
+]
+
+TrajectoryLoss = Callable[[PyTree, Trajectories], Array]
+RewardFn = Callable[[PyTree], Array]
+
+MAX_ENUMERATED_TUPLES = 2**21
+"""Largest number ``(S A)^(H m)`` of tuples :func:`enumerate_tuples` accepts."""
+
+
+def _check_count(name: str, value) -> int:
+    is_int = isinstance(value, int | np.integer) and not isinstance(value, bool)
+    if not is_int or value < 1:
+        raise ValueError(f"{name}: must be a static Python int >= 1, got {value!r}")
+    return int(value)
+
+
+def _check_mdps(mdp: TabularMDP, upper_mdp: TabularMDP | None, policy) -> TabularMDP:
+    shape = mdp.P.shape[-3:-1]
+    if policy is not None and jnp.shape(policy) != shape:
+        raise ValueError(f"policy: expected shape {shape}, got {jnp.shape(policy)}")
+    if upper_mdp is not None and upper_mdp.P.shape != mdp.P.shape:
+        raise ValueError(
+            f"upper_mdp: P must have the shape of mdp.P {mdp.P.shape}, "
+            f"got {upper_mdp.P.shape}"
+        )
+    return mdp if upper_mdp is None else upper_mdp
+
+
+def _losses_and_vjp(loss: TrajectoryLoss, reward_fn: RewardFn, x, tuples):
+    """``l(xi_j; x)`` for tuples ``[N, m, H]`` and the pullback of ``(l, r_x)``."""
+    batched = jax.vmap(loss, in_axes=(None, 0))
+    (losses, reward), vjp = jax.vjp(lambda x: (batched(x, tuples), reward_fn(x)), x)
+
+    def pullback(weights, cotangent):
+        return vjp((weights.astype(losses.dtype), cotangent.astype(reward.dtype)))[0]
+
+    return losses, pullback
+
+
+def _visit_table(trajs_states, trajs_actions, weights, num_states, num_actions):
+    """``sum_n weights[n] 1{(s_n, a_n) = (s, a)}``; ``[S, A]``."""
+    table = jnp.zeros((num_states, num_actions), weights.dtype)
+    return table.at[trajs_states.ravel(), trajs_actions.ravel()].add(weights.ravel())
+
+
+def _sampled_losses(key, loss, reward_fn, x, mdp, upper_mdp, policy, sizes):
+    """Validates ``sizes = (H, m, D)``, draws ``D`` tuples of ``M_u`` with the
+    first half of ``key`` (fields ``[D, m, H]``) and evaluates their losses."""
+    upper_mdp = _check_mdps(mdp, upper_mdp, policy)
+    names = ("horizon", "num_trajectories", "num_samples")
+    H, m, D = (_check_count(name, v) for name, v in zip(names, sizes))
+    key_outer, key_inner = jax.random.split(key)
+    trajs = rollout(key_outer, upper_mdp, policy, horizon=H, num_trajectories=D * m)
+    tuples = jax.tree.map(lambda a: a.reshape((D, m) + a.shape[1:]), trajs)
+    losses, pullback = _losses_and_vjp(loss, reward_fn, x, tuples)
+    return key_inner, tuples, losses, pullback
+
+
+def enumerate_tuples(
+    mdp: TabularMDP, policy: Array, *, horizon: int, num_trajectories: int = 1
+) -> tuple[Trajectories, Array]:
+    """Every tuple of ``m`` ``H``-step trajectories with its probability.
+
+    ``p(s_0, a_0, .., a_{H-1}) = rho(s_0) prod_t pi(a_t|s_t) prod_{t<H-1}
+    P(s_{t+1}|s_t, a_t)`` (``s_H`` is marginalized out: ``final_states`` is 0); a
+    tuple's is the product over its ``m`` trajectories. Polynomials in ``policy``,
+    ``mdp.P``, ``mdp.rho``: differentiable.
+
+    Args:
+        mdp: the MDP generating the trajectories (``M_u``).
+        policy: ``[S, A]``.
+        horizon, num_trajectories: ``H`` and ``m`` (static).
+
+    Returns:
+        ``(tuples, probs)``: :class:`~bilevel_rl.sampling.Trajectories` with fields
+        ``[N, m, H]`` (``final_states: [N, m]``) and ``probs: [N]`` summing to one,
+        ``N = (S A)^(H m)``.
+
+    Raises:
+        ValueError: a size not an int ``>= 1``, or ``N > MAX_ENUMERATED_TUPLES``.
+    """
+    horizon = _check_count("horizon", horizon)
+    m = _check_count("num_trajectories", num_trajectories)
+    _check_mdps(mdp, None, policy)
+    S, A = mdp.P.shape[-3:-1]
+    if (S * A) ** (horizon * m) > MAX_ENUMERATED_TUPLES:
+        raise ValueError(
+            f"horizon: enumerating (S A)^(H m) = {S * A}^{horizon * m} tuples "
+            f"exceeds MAX_ENUMERATED_TUPLES = {MAX_ENUMERATED_TUPLES}"
+        )
+    pairs = np.array(list(itertools.product(range(S * A), repeat=horizon)))
+    s1, a1 = (pairs // A).astype(np.int32), (pairs % A).astype(np.int32)  # [n1, H]
+    prob1 = mdp.rho[s1[:, 0]] * jnp.prod(policy[s1, a1], axis=-1)
+    prob1 = prob1 * jnp.prod(mdp.P[s1[:, :-1], a1[:, :-1], s1[:, 1:]], axis=-1)
+    index = np.array(list(itertools.product(range(len(pairs)), repeat=m)))  # [N, m]
+    states, actions = jnp.asarray(s1[index]), jnp.asarray(a1[index])
+    log_probs = jnp.log(policy[states, actions])
+    trajs = Trajectories(states, actions, log_probs, jnp.zeros(index.shape, jnp.int32))
+    return trajs, jnp.prod(prob1[index], axis=-1)
+
+
+def expected_trajectory_loss(
+    loss: TrajectoryLoss,
+    x: PyTree,
+    policy: Array,
+    mdp: TabularMDP,
+    *,
+    horizon: int,
+    num_trajectories: int = 1,
+) -> Array:
+    """Exact ``f(x, pi) = E_{xi ~ rho(pi; M_u)}[l(xi; x)]`` by enumeration.
+
+    Differentiable in ``x`` and ``policy`` (a polynomial in the policy's entries),
+    so ``hypergradient(lambda x, pi: expected_trajectory_loss(loss, x, pi, ...),
+    reward_fn, x, mdp)`` is the model-based reference for Prop. 5.2.
+
+    Args:
+        loss: ``loss(x, trajs) -> []`` with ``trajs`` fields ``[m, H]``.
+        x: leader variable (pytree).
+        policy, mdp, horizon, num_trajectories: as in :func:`enumerate_tuples`.
+
+    Returns:
+        ``[]``. Raises ``ValueError`` as :func:`enumerate_tuples`.
+    """
+    m = num_trajectories
+    tuples, probs = enumerate_tuples(mdp, policy, horizon=horizon, num_trajectories=m)
+    return jnp.sum(probs * jax.vmap(loss, in_axes=(None, 0))(x, tuples))
+
+
+def _truncated_value_jacobians(mdp, reward_fn, x, policy, length):
+    """``dQ_L = sum_{t<L} (gamma P Pi)^t J`` and ``dV_L = Lambda_pi dQ_L``."""
+    flat_x, unravel = ravel_pytree(x)
+    J = jax.jacfwd(lambda flat: reward_fn(unravel(flat)))(flat_x)  # [S, A, n]
+    J = J.astype(jnp.result_type(J.dtype, mdp.P.dtype))
+
+    def sweep(dq, _):
+        dv = jnp.einsum("sa,san->sn", policy, dq)
+        return J + mdp.gamma * jnp.einsum("sat,tn->san", mdp.P, dv), None
+
+    dq = jax.lax.scan(sweep, jnp.zeros_like(J), None, length=length)[0]
+    dv = jnp.einsum("sa,san->sn", policy, dq)
+    return jax.vmap(jax.vmap(unravel))(dq), jax.vmap(unravel)(dv)
+
+
+def exact_trajectory_hypergradient(
+    loss: TrajectoryLoss,
+    reward_fn: RewardFn,
+    x: PyTree,
+    mdp: TabularMDP,
+    *,
+    horizon: int,
+    num_trajectories: int = 1,
+    upper_mdp: TabularMDP | None = None,
+    policy: Array | None = None,
+    rollout_length: int | None = None,
+    tol: float = DEFAULT_TOL,
+    max_iters: int = DEFAULT_MAX_ITERS,
+) -> PyTree:
+    """Prop. 5.2, (12)+(13), computed exactly by enumerating all tuples.
+
+    ``sum_xi p(xi) [grad_x l(xi; x) + (1/tau) l(xi; x) sum_{i,t} (dQ(s_t, a_t) -
+    dV(s_t))]`` with ``dQ, dV`` the exact Prop. 5.1 Jacobians
+    (:func:`~bilevel_rl.hypergrad.q_value_jacobian`) at ``policy``. At ``pi*_x``
+    this is ``grad phi(x)``; at another policy it is the mean of
+    :func:`sampled_outer_hypergradient`. With ``rollout_length = L`` the Jacobians
+    are truncated to ``sum_{t<L} (gamma P Pi)^t J``: the exact mean of
+    :func:`sampled_hypergradient` (any ``D``, ``E``), whose bias is ``O(gamma^L)``.
+    Cost ``(S A)^(H m)`` loss evaluations: tiny MDPs only.
+
+    Args:
+        loss: ``loss(x, trajs) -> []``, ``trajs`` fields ``[m, H]``.
+        reward_fn: ``reward_fn(x) -> [S, A]`` (lower-level reward model).
+        x: leader variable (pytree).
+        mdp: the lower MDP ``M`` (``P: [S, A, S]``).
+        horizon, num_trajectories: ``H`` and ``m`` (static).
+        upper_mdp: ``M_u`` generating the tuples (same ``S, A``); default ``mdp``.
+        policy: ``[S, A]``; default ``pi*_x`` (soft value iteration with ``tol``,
+            ``max_iters``, static).
+        rollout_length: optional ``L`` (static) of the truncated Jacobians.
+
+    Returns:
+        A pytree like ``x``.
+
+    Raises:
+        ValueError: a size not an int ``>= 1``, too many tuples, bad ``policy``
+            or ``upper_mdp`` shape.
+
+    References:
+        SoBiRL (Yang et al., AISTATS 2025) Props. 5.1–5.2; MATH.md §4.
+    """
+    upper_mdp = _check_mdps(mdp, upper_mdp, policy)
+    if rollout_length is not None:
+        rollout_length = _check_count("rollout_length", rollout_length)
+    if policy is None:
+        sol = soft_value_iteration(mdp, reward_fn(x), tol=tol, max_iters=max_iters)
+        policy = sol.policy
+    policy = jax.lax.stop_gradient(policy)
+    tuples, probs = enumerate_tuples(
+        upper_mdp, policy, horizon=horizon, num_trajectories=num_trajectories
+    )
+    losses, pullback = _losses_and_vjp(loss, reward_fn, x, tuples)
+    exploit = pullback(probs, jnp.zeros(policy.shape))  # (12)
+
+    weights = jnp.broadcast_to((probs * losses)[:, None, None], tuples.states.shape)
+    visits = _visit_table(tuples.states, tuples.actions, weights, *policy.shape)
+    if rollout_length is None:
+        dq = q_value_jacobian(mdp, reward_fn, x, policy)
+        dv = value_jacobian(mdp, reward_fn, x, policy)
+    else:
+        dq, dv = _truncated_value_jacobians(mdp, reward_fn, x, policy, rollout_length)
+
+    def explore(dq_leaf, dv_leaf, exploit_leaf):  # (13)
+        term = jnp.tensordot(visits, dq_leaf, axes=2)
+        term = term - jnp.tensordot(visits.sum(-1), dv_leaf, axes=1)
+        return exploit_leaf + term / mdp.tau
+
+    return jax.tree.map(explore, dq, dv, exploit)
+
+
+def sampled_outer_hypergradient(
+    key: PRNGKey,
+    loss: TrajectoryLoss,
+    reward_fn: RewardFn,
+    x: PyTree,
+    mdp: TabularMDP,
+    policy: Array,
+    *,
+    horizon: int,
+    num_samples: int,
+    num_trajectories: int = 1,
+    upper_mdp: TabularMDP | None = None,
+    with_value: bool = False,
+) -> PyTree | tuple[Array, PyTree]:
+    """SoBiRL (Algorithm 1) estimator: sampled tuples, exact ``dQ``/``dV``.
+
+    ``g = (1/D) sum_j [grad_x l_j + (1/tau) l_j sum_{i,t} (dQ - dV)(s_t, a_t)]``,
+    ``xi_j ~ rho(pi_k; M_u)``, ``dQ = (I - gamma P Pi_k)^{-1} J`` (Prop. 5.1 at
+    ``pi_k``), as ``(1/D) sum_j grad l_j + J^T w`` with the adjoint ``w`` of
+    :func:`~bilevel_rl.hypergrad.adjoint_weights`: one ``S x S`` solve, one VJP.
+    Its mean is :func:`exact_trajectory_hypergradient` at ``policy``; its tuples
+    are those of :func:`sampled_hypergradient` with the same key.
+
+    Args:
+        key: PRNG key; the estimate is a deterministic function of it.
+        loss, reward_fn, x, mdp, horizon, num_trajectories, upper_mdp: as in
+            :func:`exact_trajectory_hypergradient`.
+        policy: ``[S, A]`` the current policy ``pi_k`` (in place of ``pi*_x``).
+        num_samples: ``D`` tuples (static).
+        with_value: also return the sample mean of ``l`` (static).
+
+    Returns:
+        A pytree like ``x``, or ``(mean_loss, grad)`` if ``with_value``.
+
+    Raises:
+        ValueError: a size not an int ``>= 1``, bad ``policy``/``upper_mdp`` shape.
+
+    References:
+        SoBiRL (Yang et al., AISTATS 2025) Props. 5.1–5.2, Algorithm 1, eq. 14;
+        MATH.md §4.
+    """
+    sizes = (horizon, num_trajectories, num_samples)
+    _, tuples, losses, pullback = _sampled_losses(
+        key, loss, reward_fn, x, mdp, upper_mdp, policy, sizes
+    )
+    D = losses.shape[0]
+    weights = jnp.broadcast_to(losses[:, None, None] / D, tuples.states.shape)
+    visits = _visit_table(tuples.states, tuples.actions, weights, *policy.shape)
+    visits = visits.astype(policy.dtype)
+    u = (visits - policy * visits.sum(-1, keepdims=True)) / mdp.tau
+    grad = pullback(
+        jnp.full((D,), 1.0 / D), adjoint_weights(mdp, policy, 0 * u, grad_q=u)
+    )
+    return (jnp.mean(losses), grad) if with_value else grad
+
+
+def sampled_hypergradient(
+    key: PRNGKey,
+    loss: TrajectoryLoss,
+    reward_fn: RewardFn,
+    x: PyTree,
+    mdp: TabularMDP,
+    policy: Array,
+    *,
+    horizon: int,
+    num_samples: int,
+    num_rollouts: int,
+    rollout_length: int,
+    num_trajectories: int = 1,
+    upper_mdp: TabularMDP | None = None,
+    common_random_numbers: bool = True,
+    with_value: bool = False,
+) -> PyTree | tuple[Array, PyTree]:
+    """Stoc-SoBiRL (Algorithm 3) fully sampled hyper-gradient estimator.
+
+    ``D`` i.i.d. tuples ``xi_j ~ rho(pi_k; M_u)``; for each visited ``(s_t, a_t)``,
+    ``E`` rollouts of length ``L`` in ``M`` under ``pi_k`` from ``(s_t, a_t)``
+    (``dQ^``) and ``E`` from ``s_t`` with ``a_0 ~ pi_k`` (``dV^``):
+
+        dQ^(s, a) = (1/E) sum_e sum_{t'<L} gamma^t' grad_x r_x(s^e_t', a^e_t'),
+        g = (1/D) sum_j [grad_x l_j + (1/tau) l_j sum_{i,t} (dQ^ - dV^)(s_t, a_t)].
+
+    All rollouts fold into one ``[S, A]`` cotangent (discounted visit counts) and
+    ONE VJP. Mean: :func:`exact_trajectory_hypergradient` with ``rollout_length=L``
+    (bias ``O(gamma^L)``; ``(gamma |lambda_2(P Pi)|)^L`` on mixing MDPs, as the
+    centred ``dQ^ - dV^`` forget the start); ``D``, ``E`` set the variance. It is
+    deterministic in ``key``: the same key at ``(x_{k-1}, pi_{k-1})`` re-uses the
+    noise (Stoc-SoBiRL momentum). ``common_random_numbers`` couples the ``dQ^``/
+    ``dV^`` rollouts of a visited pair (same mean, less variance).
+
+    Args:
+        key, loss, reward_fn, x, mdp, policy, horizon, num_trajectories,
+            upper_mdp, with_value: as in :func:`sampled_outer_hypergradient`
+            (``mdp`` is the generative model).
+        num_samples: ``D`` tuples per step (static) [reconstructed symbol].
+        num_rollouts: ``E`` rollouts per visited pair (static) [reconstructed].
+        rollout_length: ``L`` steps per rollout (static) [reconstructed].
+        common_random_numbers: couple the ``dQ^``/``dV^`` rollouts (static).
+
+    Returns, Raises: as :func:`sampled_outer_hypergradient`.
+
+    References:
+        SoBiRL (Yang et al., AISTATS 2025) Section 6, Algorithm 3, Appendix I
+        (eqs. 78–80, Lemma I.1); MATH.md §5 (symbols D, E, L [reconstructed]).
+    """
+    E = _check_count("num_rollouts", num_rollouts)
+    L = _check_count("rollout_length", rollout_length)
+    sizes = (horizon, num_trajectories, num_samples)
+    key_inner, tuples, losses, pullback = _sampled_losses(
+        key, loss, reward_fn, x, mdp, upper_mdp, policy, sizes
+    )
+    D = losses.shape[0]
+    starts = jnp.repeat(tuples.states[..., None], E, axis=-1)  # [D, m, H, E]
+    first = jnp.repeat(tuples.actions[..., None], E, axis=-1)
+    key_q, key_v = jax.random.split(key_inner)
+    key_v = key_q if common_random_numbers else key_v
+    q_roll = rollout_from(key_q, mdp, policy, starts, first, horizon=L)
+    v_roll = rollout_from(key_v, mdp, policy, starts, None, horizon=L)
+
+    discounts = jnp.cumprod(jnp.full((L,), mdp.gamma, policy.dtype).at[0].set(1.0))
+    scale = losses.astype(policy.dtype) / (D * E * mdp.tau)
+    weights = scale[:, None, None, None, None] * discounts  # [D, 1, 1, 1, L]
+    weights = jnp.broadcast_to(weights, q_roll.states.shape)  # [D, m, H, E, L]
+    signed = jnp.stack([weights, -weights])  # dQ^ rollouts minus dV^ ones
+    states, actions = (jnp.stack([q, v]) for q, v in zip(q_roll[:2], v_roll[:2]))
+    visits = _visit_table(states, actions, signed, *policy.shape)
+    grad = pullback(jnp.full((D,), 1.0 / D), visits)
+    return (jnp.mean(losses), grad) if with_value else grad
