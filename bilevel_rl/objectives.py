@@ -284,3 +284,49 @@ def rlhf_bce_loss(data: PreferenceData, x: Any, trajs: Trajectories) -> Array:
     labels = jax.nn.sigmoid(true_returns[0] - true_returns[1])
     reward = data.reward_fn(data.reward_data, x)
     return bradley_terry_bce(reward, trajs, labels, data.discount)
+
+
+# ------------------------------------------- demonstration likelihood (AIHF, §7)
+
+__all__ += ["DemoData", "demo_log_likelihood"]
+
+
+@struct.dataclass
+class DemoData:
+    """Demonstrations summarized by their (discounted) visitation counts.
+
+    Attributes:
+        counts: ``[S, A]`` ``(1/N) sum_{n,t} gamma^t 1{s^n_t = s, a^n_t = a}``, e.g.
+            :func:`bilevel_rl.sampling.visitation_counts` of the demonstrations
+            with ``gamma`` divided by their number.
+        weight: ``[]`` the weight ``alpha`` of the demonstration term.
+    """
+
+    counts: Array
+    weight: Array
+
+
+def demo_log_likelihood(data: DemoData, x: Any, policy: Array) -> Array:
+    """Negative AIHF demonstration term ``-alpha L1(pi)`` as an upper objective.
+
+    ``L1(pi) = E_{tau ~ demos}[sum_t gamma^t log pi(a_t|s_t)]
+    = sum_{s,a} counts(s, a) log pi(a|s)`` (MATH.md §7); minimizing
+    ``-alpha L1`` over the leader's reward parameters through ``pi = pi*_x`` is the
+    demonstration part of AIHF's bilevel objective. Entries of ``policy`` where
+    ``counts`` is zero do not contribute (no ``0 * log 0`` NaN).
+
+    Args:
+        data: :class:`DemoData`.
+        x: leader variable (unused: the term depends on ``x`` only through ``pi``).
+        policy: ``[S, A]``.
+
+    Returns:
+        ``[]`` ``-alpha sum counts * log pi``.
+
+    References:
+        Li et al., "Joint Demonstration and Preference Learning Improves Policy
+        Alignment with Human Feedback", eq. (L1) and Lemma 5.1; MATH.md §7.
+    """
+    del x
+    safe = jnp.where(data.counts > 0, policy, 1.0)
+    return -data.weight * jnp.sum(data.counts * jnp.log(safe))
