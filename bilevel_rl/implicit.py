@@ -120,8 +120,9 @@ def _solve_state_adjoint(
     rel = jnp.maximum(tol * (1.0 - mdp.gamma), ROUNDOFF_FACTOR * eps)
     total = jnp.sum(b) / (1.0 - mdp.gamma)
 
+    # zm: [2, S] rows (z, mu); z P_pi as a row product avoids transposing P_pi.
     def readout(zm):
-        return zm[:, 0] + (total - jnp.sum(zm[:, 0])) * zm[:, 1]
+        return zm[0] + (total - jnp.sum(zm[0])) * zm[1]
 
     def cond(carry):
         _, z_hat, change, it = carry
@@ -129,12 +130,12 @@ def _solve_state_adjoint(
 
     def body(carry):
         zm, z_hat, _, it = carry
-        zm = P_pi.T @ zm
-        zm = zm.at[:, 0].set(b + mdp.gamma * zm[:, 0])
+        zm = zm @ P_pi
+        zm = zm.at[0].set(b + mdp.gamma * zm[0])
         z_new = readout(zm)
         return zm, z_new, jnp.max(jnp.abs(z_new - z_hat)), it + 1
 
-    zm0 = jnp.stack([b, jnp.full_like(b, 1.0 / b.shape[0])], axis=1)
+    zm0 = jnp.stack([b, jnp.full_like(b, 1.0 / b.shape[0])])
     inf = jnp.asarray(jnp.inf, b.dtype)
     init = (zm0, readout(zm0), inf, jnp.asarray(0, jnp.int32))
     return jax.lax.while_loop(cond, body, init)[1]
@@ -192,7 +193,10 @@ def adjoint_weights(
         u = u + grad_q
     if grad_v is not None:
         u = u + policy * grad_v[:, None]
-    b = jnp.einsum("sat,sa->t", mdp.P, u)
+    S, A = policy.shape
+    # b = sum_{s,a} P(.|s,a) u(s,a) as a row-vector product with the [S*A, S]
+    # view of P (an einsum here made XLA:CPU copy a transpose of P first).
+    b = u.reshape(S * A) @ mdp.P.reshape(S * A, S)
     z = _solve_state_adjoint(mdp, policy, b, adjoint, tol, max_iters)
     return u + mdp.gamma * policy * z[:, None]
 
