@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 
 os.environ.setdefault(
@@ -35,6 +34,7 @@ import jax  # noqa: E402
 jax.config.update("jax_enable_x64", True)
 
 import numpy as np  # noqa: E402
+from machine import cpu_model  # noqa: E402
 
 from bilevel_rl.algorithms import exact, m_sobirl, sobirl, stoc_sobirl  # noqa: E402
 from bilevel_rl.algorithms.base import run  # noqa: E402
@@ -150,7 +150,7 @@ def main():
         "shared_beta": BETA,
         "methods": results,
         "machine": {
-            "cpu": platform.processor(),
+            "cpu": cpu_model(),
             "cores": os.cpu_count(),
             "devices": [str(d) for d in jax.devices()],
             "jax": jax.__version__,

@@ -69,6 +69,7 @@ jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from machine import cpu_model  # noqa: E402
 
 from bilevel_rl.hypergrad import value_and_hypergradient  # noqa: E402
 from bilevel_rl.implicit import adjoint_weights, soft_optimal_solution  # noqa: E402
@@ -506,17 +507,6 @@ def _jaxlib_version():
         return jaxlib.__version__
     except (ImportError, AttributeError):
         return None
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 METHOD_STYLE = {

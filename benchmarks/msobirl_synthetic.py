@@ -40,6 +40,7 @@ jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from machine import cpu_model  # noqa: E402
 from scipy.special import logsumexp, softmax  # noqa: E402
 
 from bilevel_rl.algorithms import m_sobirl  # noqa: E402
@@ -241,7 +242,7 @@ def main():
             "all_finite": bool(np.all(hist["finite"])),
         },
         "machine": {
-            "cpu": _cpu_model(),
+            "cpu": cpu_model(),
             "cores": os.cpu_count(),
             "backend": jax.default_backend(),
             "device": jax.devices()[0].device_kind,
@@ -268,17 +269,6 @@ def main():
             indent=2,
         )
     )
-
-
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _plot(hist, path, B, K):
