@@ -1089,7 +1089,7 @@ def main(argv=None) -> dict:
         "--out",
         type=Path,
         default=DEFAULT_OUT,
-        help="JSON path; the PNG is written beside it",
+        help="JSON path or prefix; the PNG is written beside it",
     )
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
     parser.add_argument("--sharded-child", help=argparse.SUPPRESS)
@@ -1194,6 +1194,7 @@ def main(argv=None) -> dict:
     }
     result["total_run_s"] = time.perf_counter() - t_start
 
+    args.out = args.out.with_suffix(".json")  # a prefix works too, as elsewhere
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     log(f"wrote {args.out}")
