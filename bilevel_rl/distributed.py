@@ -166,7 +166,7 @@ def batch_map(fn, xs, *, chunk_size: int, devices=None):
 
     def local(xs):
         size = jax.tree.leaves(xs)[0].shape[0]
-        return jax.lax.map(fn, xs, batch_size=min(chunk_size, size))
+        return jax.lax.map(fn, xs, batch_size=_dividing_chunk(chunk_size, size))
 
     if n == 1:
         return local(xs)
@@ -185,3 +185,17 @@ def batch_map(fn, xs, *, chunk_size: int, devices=None):
         local, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False
     )(xs)
     return jax.tree.map(lambda y: y[:B], out)
+
+
+def _dividing_chunk(chunk: int, size: int) -> int:
+    """The largest divisor of ``size`` in ``[chunk / 2, chunk]``, else ``chunk``.
+
+    ``lax.map`` handles a remainder (``size % chunk != 0``) with a separate vmapped
+    call and a concatenation, which costs an extra copy of the batch (measured:
+    +70% peak memory and -14% throughput at 10^5 MDPs, benchmarks/scaling.py).
+    """
+    chunk = min(chunk, size)
+    for d in range(chunk, max(1, chunk // 2) - 1, -1):
+        if size % d == 0:
+            return d
+    return chunk
