@@ -36,8 +36,13 @@ jax.config.update("jax_enable_x64", True)
 import numpy as np  # noqa: E402
 from machine import cpu_model  # noqa: E402
 
-from bilevel_rl.algorithms import exact, m_sobirl, sobirl, stoc_sobirl  # noqa: E402
-from bilevel_rl.algorithms.base import run  # noqa: E402
+from bilevel_rl.algorithms import (  # noqa: E402
+    exact,
+    m_sobirl,
+    run,
+    sobirl,
+    stoc_sobirl,
+)
 from bilevel_rl.suites import shaping_problem  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))

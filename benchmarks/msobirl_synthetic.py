@@ -43,8 +43,7 @@ import numpy as np  # noqa: E402
 from machine import cpu_model  # noqa: E402
 from scipy.special import logsumexp, softmax  # noqa: E402
 
-from bilevel_rl.algorithms import m_sobirl  # noqa: E402
-from bilevel_rl.algorithms.base import run  # noqa: E402
+from bilevel_rl.algorithms import m_sobirl, run  # noqa: E402
 from bilevel_rl.hypergrad import hypergradient  # noqa: E402
 from bilevel_rl.suites import sobirl_synthetic  # noqa: E402
 

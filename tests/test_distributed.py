@@ -14,7 +14,7 @@ SCRIPT = textwrap.dedent(
     import numpy as np
     from bilevel_rl import solve_batch, suites
     from bilevel_rl.algorithms import m_sobirl
-    from bilevel_rl.algorithms.base import run
+    from bilevel_rl.algorithms import run
 
     keys = jax.random.split(jax.random.key(0), 7)  # 7: uneven over 4 devices
     mdp = jax.vmap(lambda k: suites.dirichlet_mdp(k, 6, 3, gamma=0.9))(keys)

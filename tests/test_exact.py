@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 
 from bilevel_rl import hypergradient
-from bilevel_rl.algorithms import exact
-from bilevel_rl.algorithms.base import run
+from bilevel_rl.algorithms import exact, run
 from bilevel_rl.suites import sobirl_synthetic
 
 

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
-from bilevel_rl.algorithms import m_sobirl
-from bilevel_rl.algorithms.base import run
+from bilevel_rl.algorithms import m_sobirl, run
 from bilevel_rl.suites import sobirl_synthetic, sobirl_synthetic_from_arrays
 
 
@@ -114,5 +113,5 @@ def test_x0_not_matching_the_reward_model_is_rejected_before_compiling():
     bad = problem.replace(x0=jnp.zeros(5))
     with pytest.raises(ValueError, match="x0: does not fit the reward model"):
         run(m_sobirl.make(), bad, jax.random.key(0), 5)
-    with pytest.raises(ValueError, match="num_iters: must be >= 1"):
+    with pytest.raises(ValueError, match="num_iters: must be finite and > 0"):
         run(m_sobirl.make(), problem, jax.random.key(0), 0)

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from bilevel_rl import hypergradient
-from bilevel_rl.algorithms import sobirl, stoc_sobirl
-from bilevel_rl.algorithms.base import run
+from bilevel_rl.algorithms import run, sobirl, stoc_sobirl
 from bilevel_rl.estimators import (
     exact_trajectory_hypergradient,
     expected_trajectory_loss,

@@ -14,6 +14,16 @@ module                    algorithm                                      stochas
 """
 
 from bilevel_rl.algorithms import exact, m_sobirl, sobirl, stoc_sobirl
-from bilevel_rl.algorithms.base import Solver, run
+from bilevel_rl.algorithms.base import Solver
+from bilevel_rl.algorithms.runner import Progress, diverged_at, run
 
-__all__ = ["Solver", "exact", "m_sobirl", "run", "sobirl", "stoc_sobirl"]
+__all__ = [
+    "Progress",
+    "Solver",
+    "diverged_at",
+    "exact",
+    "m_sobirl",
+    "run",
+    "sobirl",
+    "stoc_sobirl",
+]

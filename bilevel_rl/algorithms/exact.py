@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import optax
 
-from bilevel_rl.algorithms.base import Solver, all_finite, check_positive, tree_norm
+from bilevel_rl.algorithms.base import Solver, check_positive, tree_norm
 from bilevel_rl.hypergrad import value_and_hypergradient
 from bilevel_rl.problem import BilevelProblem
 from bilevel_rl.types import PRNGKey, PyTree
@@ -46,7 +46,7 @@ def make(
     Returns:
         A :class:`~bilevel_rl.algorithms.base.Solver` recording ``f``
         (``f(x_k, pi*_{x_k})``), ``grad_norm`` and ``exact_grad_norm`` (both
-        ``‖∇φ(x_k)‖``), ``exact_f`` and ``finite``.
+        ``‖∇φ(x_k)‖``), ``exact_f``.
 
     Raises:
         ValueError: non-positive ``beta``, negative ``tol`` or ``max_iters < 1``.
@@ -79,7 +79,6 @@ def make(
             "f": f,
             "exact_grad_norm": norm,
             "exact_f": f,
-            "finite": all_finite((x, f)),
         }
         return ExactState(x, opt_state, state.key), metrics
 

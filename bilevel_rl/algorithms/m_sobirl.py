@@ -32,7 +32,6 @@ import optax
 
 from bilevel_rl.algorithms.base import (
     Solver,
-    all_finite,
     check_positive,
     exact_metrics,
     tree_norm,
@@ -105,8 +104,8 @@ def make(
         A :class:`~bilevel_rl.algorithms.base.Solver`. Metrics per iteration:
         ``grad_norm`` (‖ĝ_k‖), ``f`` (``f(x_k, pi_k)``), ``inner_residual``
         (‖T(V_k) − V_k‖∞), ``adjoint_residual`` (‖A_kᵀ w_{k+1} − b_k‖),
-        ``finite`` (no NaN/inf in the iterate), and with ``track_exact``
-        ``exact_grad_norm`` and ``exact_f``.
+        and with ``track_exact`` ``exact_grad_norm`` and ``exact_f`` (``run``
+        adds ``finite``).
 
     Raises:
         ValueError: non-positive ``beta``/``zeta``, ``inner_steps < 1`` or an
@@ -182,7 +181,6 @@ def make(
         new_state = MSoBiRLState(
             x, v, w, pi, g_hat, f, adj, inner_residual, opt_state, state.key
         )
-        metrics["finite"] = all_finite((x, v, w, f, g_hat))
         return new_state, metrics
 
     return Solver(init, step)

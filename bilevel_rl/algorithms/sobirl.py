@@ -29,7 +29,6 @@ import optax
 
 from bilevel_rl.algorithms.base import (
     Solver,
-    all_finite,
     check_positive,
     exact_metrics,
     tree_norm,
@@ -107,7 +106,7 @@ def make(
 
     Returns:
         A :class:`~bilevel_rl.algorithms.base.Solver` with metrics ``grad_norm``
-        (‖ĝ_k‖), ``f`` (sample mean of the loss), ``inner_residual``, ``finite``
+        (‖ĝ_k‖), ``f`` (sample mean of the loss), ``inner_residual``
         and, with ``track_exact``, ``exact_f`` and ``exact_grad_norm``.
 
     Raises:
@@ -155,7 +154,6 @@ def make(
         metrics = {"grad_norm": tree_norm(g_hat), "f": f, "inner_residual": change}
         if track_exact:
             metrics.update(exact_metrics(problem, state.x))
-        metrics["finite"] = all_finite((x, pi, g_hat))
         return SoBiRLState(x, pi, opt_state, key), metrics
 
     return Solver(init, step)

@@ -28,7 +28,6 @@ import jax.numpy as jnp
 
 from bilevel_rl.algorithms.base import (
     Solver,
-    all_finite,
     check_positive,
     exact_metrics,
     tree_norm,
@@ -98,7 +97,7 @@ def make(
         A :class:`~bilevel_rl.algorithms.base.Solver` with metrics ``grad_norm``
         (‖d_k‖), ``estimate_norm`` (‖ĝ_k‖), ``f`` (sample mean of the loss),
         ``step_size`` (``beta_k``), ``momentum_weight`` (``eta_k``),
-        ``inner_residual``, ``finite`` and optionally the exact ones.
+        ``inner_residual`` and optionally the exact ones.
 
     Raises:
         ValueError: non-positive ``a``/``w``/``c``/``eta``, an unknown
@@ -193,7 +192,6 @@ def make(
         }
         if track_exact:
             metrics.update(exact_metrics(problem, state.x))
-        metrics["finite"] = all_finite((x, pi, d))
         new_state = StocSoBiRLState(x, pi, state.x, d, eta_next, state.k + 1, key)
         return new_state, metrics
 

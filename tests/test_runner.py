@@ -1,0 +1,187 @@
+"""``algorithms.run``: checkpoint/resume, determinism, divergence masking."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bilevel_rl import checkpoint
+from bilevel_rl.algorithms import diverged_at, m_sobirl, run, stoc_sobirl
+from bilevel_rl.suites import shaping_problem, sobirl_synthetic
+
+SOLVER = m_sobirl.make(beta=8e-3, inner_steps=3, track_exact=False)
+KEYS = jax.random.split(jax.random.key(7), 4)
+PROBLEMS = jax.vmap(lambda k: sobirl_synthetic(k, dim=6))(KEYS)
+ITERS = 12
+
+
+def leaves_equal(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x, y = jax.random.key_data(x), jax.random.key_data(y)
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def assert_close(a, b):
+    """float64 agreement to 1e-12 relative; residuals (differences of O(1)
+    values) to round-off absolute."""
+    np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """Uninterrupted checkpointed run (segments of 4) and a plain one-segment run."""
+    return run(SOLVER, PROBLEMS, KEYS, ITERS, segment_length=4)
+
+
+def test_segmented_run_equals_one_segment(reference):
+    state, hist = run(SOLVER, PROBLEMS, KEYS, ITERS)
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(reference[0])):
+        if jnp.issubdtype(a.dtype, jnp.inexact):
+            assert_close(a, b)
+    for name in hist:
+        assert_close(hist[name], reference[1][name])
+
+
+def test_resume_after_interruption_is_bitwise_identical(tmp_path, reference):
+    folder = str(tmp_path / "ckpt")
+    # "Interrupted" after 8 of 12 iterations: the run stops, a new call resumes.
+    run(SOLVER, PROBLEMS, KEYS, 8, checkpoint_dir=folder, checkpoint_every=4)
+    assert [os.path.basename(p) for p in checkpoint.list_checkpoints(folder)] == [
+        "ckpt-000000004.npz",
+        "ckpt-000000008.npz",
+    ]
+    seen = []
+    state, hist = run(
+        SOLVER,
+        PROBLEMS,
+        KEYS,
+        ITERS,
+        checkpoint_dir=folder,
+        checkpoint_every=4,
+        callback=seen.append,
+    )
+    assert [p.iteration for p in seen] == [12] and seen[0].resumed_from == 8
+    leaves_equal(state, reference[0])
+    leaves_equal(hist, reference[1])
+    # Calling again with the finished checkpoint returns the same result at once.
+    state2, hist2 = run(SOLVER, PROBLEMS, KEYS, ITERS, checkpoint_dir=folder)
+    leaves_equal((state2, hist2), (state, hist))
+
+
+def test_truncated_checkpoint_falls_back_to_the_previous_one(tmp_path, reference):
+    folder = str(tmp_path / "ckpt")
+    run(SOLVER, PROBLEMS, KEYS, 8, checkpoint_dir=folder, checkpoint_every=4)
+    newest = checkpoint.list_checkpoints(folder)[-1]
+    size = os.path.getsize(newest)
+    with open(newest, "r+b") as fh:
+        fh.truncate(size // 2)
+    # A write killed before its rename leaves a .tmp file: ignored.
+    with open(os.path.join(folder, ".ckpt-000000012.npz.tmp"), "wb") as fh:
+        fh.write(b"partial")
+    seen = []
+    state, hist = run(
+        SOLVER,
+        PROBLEMS,
+        KEYS,
+        ITERS,
+        checkpoint_dir=folder,
+        checkpoint_every=4,
+        callback=seen.append,
+    )
+    assert seen[0].resumed_from == 4
+    leaves_equal((state, hist), reference)
+
+
+def test_every_checkpoint_damaged_is_an_error(tmp_path):
+    folder = str(tmp_path / "ckpt")
+    run(SOLVER, PROBLEMS, KEYS, 4, checkpoint_dir=folder, checkpoint_every=4)
+    for path in checkpoint.list_checkpoints(folder):
+        with open(path, "wb") as fh:
+            fh.write(b"not a zip")
+    with pytest.raises(checkpoint.CheckpointError, match="no intact checkpoint"):
+        run(SOLVER, PROBLEMS, KEYS, 8, checkpoint_dir=folder, checkpoint_every=4)
+
+
+def test_checkpoint_of_another_problem_or_key_is_refused(tmp_path):
+    folder = str(tmp_path / "ckpt")
+    run(SOLVER, PROBLEMS, KEYS, 4, checkpoint_dir=folder, checkpoint_every=4)
+    other = jax.random.split(jax.random.key(8), 4)
+    with pytest.raises(checkpoint.CheckpointError, match="different problem or key"):
+        run(SOLVER, PROBLEMS, other, 8, checkpoint_dir=folder, checkpoint_every=4)
+    small = jax.tree.map(lambda a: a[:2], PROBLEMS)
+    with pytest.raises(checkpoint.CheckpointError, match="different run"):
+        run(SOLVER, small, KEYS[:2], 8, checkpoint_dir=folder, checkpoint_every=4)
+
+
+def test_same_seed_gives_identical_results(reference):
+    again = run(SOLVER, PROBLEMS, KEYS, ITERS, segment_length=4)
+    leaves_equal(again, reference)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3])
+def test_instance_alone_equals_instance_in_a_batch(chunk_size, reference):
+    _, hist = run(
+        SOLVER, PROBLEMS, KEYS, ITERS, segment_length=4, chunk_size=chunk_size
+    )
+    for name in hist:
+        assert_close(hist[name], reference[1][name])
+    for i in (0, 3):
+        single = jax.tree.map(lambda a: a[i], PROBLEMS)
+        state, h = run(SOLVER, single, KEYS[i], ITERS, segment_length=4)
+        for name in h:
+            assert_close(h[name], reference[1][name][i])
+        assert_close(state.x, reference[0].x[i])
+
+
+def test_stochastic_solver_is_deterministic_per_instance():
+    keys = jax.random.split(jax.random.key(1), 3)
+    problems = jax.vmap(
+        lambda k: shaping_problem(k, num_states=3, num_actions=2, dim=3, horizon=3)
+    )(keys)
+    solver = stoc_sobirl.make(num_samples=2, num_rollouts=1, rollout_length=3)
+    _, batch = run(solver, problems, keys, 5)
+    _, again = run(solver, problems, keys, 5)
+    leaves_equal(batch, again)
+    alone = run(solver, jax.tree.map(lambda a: a[2], problems), keys[2], 5)[1]
+    for name in alone:
+        assert_close(alone[name], batch[name][2])
+
+
+def test_diverging_instance_is_masked_and_the_others_keep_going():
+    # Instance 1's quadratic form is scaled by 1e8: its step overflows.
+    data = PROBLEMS.data.replace(M=PROBLEMS.data.M.at[1].multiply(1e150))
+    problems = PROBLEMS.replace(data=data)
+    state, hist = run(SOLVER, problems, KEYS, ITERS)
+    where = diverged_at(hist)
+    assert where[1] >= 0 and list(where[[0, 2, 3]]) == [-1, -1, -1]
+    finite = np.asarray(hist["finite"][1])
+    assert finite[: where[1]].all() and not finite[where[1] :].any()
+    # The diverged instance holds its last finite state ...
+    assert all(np.isfinite(np.asarray(x[1])).all() for x in (state.x, state.v))
+    # ... and the others are exactly what they are without it.
+    _, clean = run(SOLVER, PROBLEMS, KEYS, ITERS)
+    for name in hist:
+        np.testing.assert_array_equal(hist[name][[0, 2, 3]], clean[name][[0, 2, 3]])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(num_iters=0), "num_iters: must be finite and > 0"),
+        (dict(segment_length=0), "segment_length: must be finite and > 0"),
+        (dict(checkpoint_every=-1), "checkpoint_every: must be finite and > 0"),
+        (dict(checkpoint_seconds=float("nan")), "checkpoint_seconds: must be finite"),
+        (dict(chunk_size=0), "chunk_size: must be finite and > 0"),
+        (
+            dict(key=jax.random.split(jax.random.key(0), 3)),
+            "key: expected one key or 4",
+        ),
+    ],
+)
+def test_bad_run_settings_are_rejected(kwargs, message):
+    args = dict(key=KEYS, num_iters=3) | kwargs
+    with pytest.raises(ValueError, match=message):
+        run(SOLVER, PROBLEMS, args.pop("key"), args.pop("num_iters"), **args)
