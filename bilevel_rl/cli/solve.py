@@ -1,6 +1,4 @@
-"""The ``bilevel-rl`` command.
-
-``bilevel-rl solve`` batch-solves a generated suite of soft MDPs with the chunked,
+"""``bilevel-rl solve``: batch-solves a generated suite of soft MDPs with the chunked,
 jitted solver and reports residuals, iterations, compile time and throughput.
 Bad input exits with status 2 and a one-line message naming the option.
 """
@@ -9,27 +7,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import sys
 import time
 from collections.abc import Callable
 
 import numpy as np
 
-from bilevel_rl import __version__
-
-DTYPES = ("float32", "float64")
-
-
-class UsageError(Exception):
-    """A user error: reported on one line, exit status 2."""
-
+from bilevel_rl.cli.common import (
+    DTYPES,
+    Reporter,
+    UsageError,
+    check_writable,
+    float_in,
+    positive_float,
+    positive_int,
+    print_table,
+)
 
 # ----------------------------------------------------------------------- suites
 
 
-def _suite_registry() -> dict[str, tuple[str, Callable]]:
+def solve_suites() -> dict[str, tuple[str, Callable]]:
     """``name -> (description, make(key, args) -> (mdp, reward))`` for ``solve``.
 
     Each ``make`` is traceable, so a batch is ``jax.vmap`` over keys.
@@ -96,53 +94,8 @@ def _suite_registry() -> dict[str, tuple[str, Callable]]:
 # ------------------------------------------------------------------- arguments
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _float_in(low: float, high: float, *, closed_high: bool = False):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected a number, got {text!r}"
-            ) from None
-        ok = low <= value <= high if closed_high else low <= value < high
-        if not (np.isfinite(value) and ok):
-            bracket = "]" if closed_high else ")"
-            raise argparse.ArgumentTypeError(
-                f"must lie in [{low:g}, {high:g}{bracket}, got {text}"
-            )
-        return value
-
-    return parse
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (np.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="bilevel-rl",
-        description="Batched soft MDP solvers and bilevel RL algorithms in JAX.",
-    )
-    parser.add_argument("--version", action="version", version=__version__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def add_parser(sub) -> None:
+    """Registers ``solve`` on the ``bilevel-rl`` sub-command parser."""
     solve = sub.add_parser(
         "solve",
         help="batch-solve a generated suite of soft MDPs",
@@ -157,20 +110,20 @@ def build_parser() -> argparse.ArgumentParser:
     solve.add_argument(
         "--list-suites", action="store_true", help="print the suites and exit"
     )
-    solve.add_argument("--states", type=_positive_int, default=64)
-    solve.add_argument("--actions", type=_positive_int, default=8)
+    solve.add_argument("--states", type=positive_int, default=64)
+    solve.add_argument("--actions", type=positive_int, default=8)
     solve.add_argument(
-        "--branching", type=_positive_int, default=4, help="Garnet branching factor"
+        "--branching", type=positive_int, default=4, help="Garnet branching factor"
     )
     solve.add_argument(
-        "--batch", type=_positive_int, default=1024, help="number of MDPs"
+        "--batch", type=positive_int, default=1024, help="number of MDPs"
     )
     solve.add_argument("--seed", type=int, default=0)
     solve.add_argument("--dtype", choices=DTYPES, default="float32")
-    solve.add_argument("--gamma", type=_float_in(0.0, 1.0), default=0.9)
-    solve.add_argument("--tau", type=_positive_float, default=1.0)
-    solve.add_argument("--tol", type=_float_in(0.0, np.inf), default=1e-6)
-    solve.add_argument("--max-iters", type=_positive_int, default=10_000)
+    solve.add_argument("--gamma", type=float_in(0.0, 1.0), default=0.9)
+    solve.add_argument("--tau", type=positive_float, default=1.0)
+    solve.add_argument("--tol", type=float_in(0.0, np.inf), default=1e-6)
+    solve.add_argument("--max-iters", type=positive_int, default=10_000)
     solve.add_argument(
         "--method",
         choices=("value_iteration", "policy_iteration"),
@@ -178,13 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     solve.add_argument(
         "--chunk-size",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="MDPs per cache chunk (default: from the L2 size)",
     )
     solve.add_argument(
         "--blocks",
-        type=_positive_int,
+        type=positive_int,
         default=8,
         help="progress-bar steps (the batch is solved in this many equal jitted calls)",
     )
@@ -192,20 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", default="bilevel_rl_out/solve.json", help="JSON result file"
     )
     solve.add_argument("--quiet", action="store_true", help="no progress output")
-    return parser
+    solve.set_defaults(handler=cmd_solve)
 
 
 # ----------------------------------------------------------------------- solve
-
-
-def _check_writable(path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path)) or "."
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as err:
-        raise UsageError(f"--out: cannot create folder {folder!r} ({err.strerror})")
-    if not os.access(folder, os.W_OK) or os.path.isdir(path):
-        raise UsageError(f"--out: cannot write {path!r}")
 
 
 def cmd_solve(args: argparse.Namespace) -> int:
@@ -214,11 +157,10 @@ def cmd_solve(args: argparse.Namespace) -> int:
     if args.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp
-    from tqdm import tqdm
 
     from bilevel_rl.distributed import auto_chunk_size, solve_batch
 
-    registry = _suite_registry()
+    registry = solve_suites()
     if args.list_suites:
         for name, (text, _) in registry.items():
             print(f"{name:12s} {text}")
@@ -231,7 +173,7 @@ def cmd_solve(args: argparse.Namespace) -> int:
         raise UsageError(
             f"--branching: must be <= --states ({args.states}), got {args.branching}"
         )
-    _check_writable(args.out)
+    check_writable("--out", args.out)
     args.jnp_dtype = jnp.dtype(args.dtype)
     make = registry[args.suite][1]
 
@@ -241,14 +183,7 @@ def cmd_solve(args: argparse.Namespace) -> int:
     generate = jax.jit(jax.vmap(lambda k: make(k, args)))
 
     results, t_compile, t_gen = [], 0.0, 0.0
-    show = not args.quiet
-    bar = tqdm(
-        total=args.batch,
-        unit="MDP",
-        disable=not show,
-        file=sys.stderr,
-        dynamic_ncols=True,
-    )
+    bar = Reporter(args.batch, "MDPs", quiet=args.quiet)
     t_start = time.perf_counter()
     chunk = None
     for b in range(blocks):
@@ -268,12 +203,10 @@ def cmd_solve(args: argparse.Namespace) -> int:
         sol = jax.tree.map(np.asarray, jax.block_until_ready(sol))
         if b == 0:
             t_compile = time.perf_counter() - t0
-            if show:
-                bar.write(f"compiled and solved the first block in {t_compile:.2f} s")
+            bar.message(f"compiled and solved the first block in {t_compile:.2f} s")
         results.append(sol)
         done = min(args.batch, (b + 1) * block)
-        bar.update(done - bar.n)
-        bar.set_postfix(MDPs_per_s=f"{done / (time.perf_counter() - t_start):.0f}")
+        bar.update(done, MDPs_per_s=f"{done / (time.perf_counter() - t_start):.0f}")
     bar.close()
     wall = time.perf_counter() - t_start
 
@@ -358,32 +291,10 @@ def _print_summary(report: dict, path: str) -> None:
         ("MDP-sweeps/s (steady)", fmt(report["mdp_sweeps_per_s_steady"])),
         ("result file", path),
     ]
-    width = max(len(k) for k, _ in rows)
-    for key, value in rows:
-        print(f"{key:<{width}}  {value}")
+    print_table(rows)
     if report["residual_max"] > report["tol"] and report["converged_fraction"] == 1:
         print(
             f"note: residuals above --tol {report['tol']:g} are {report['dtype']} "
             "round-off: the solver stops once iterates differ by less than "
             "4 eps ||v||_inf (see bilevel_rl.soft.ROUNDOFF_FACTOR)"
         )
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "solve":
-            return cmd_solve(args)
-    except UsageError as err:
-        print(f"bilevel-rl: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("bilevel-rl: interrupted", file=sys.stderr)
-        return 130
-    parser.error(f"unknown command {args.command!r}")
-    return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,313 @@
+"""``bilevel-rl run`` (an algorithm on a batch of a suite) and ``bilevel-rl config``.
+
+Settings come from, in increasing priority: the defaults (the main job: M-SoBiRL on
+256 SoBiRL synthetic instances), a TOML file (``--config``), the options. The
+resolved configuration is written to ``OUT/config.toml`` before anything runs, so
+``bilevel-rl run --resume OUT`` can continue a run killed at any point from its
+newest intact checkpoint; the finished result equals an uninterrupted run's
+bitwise.
+
+Exit status: 0 when every run stayed finite; 1 when some diverged (the report
+names them; the finite runs' results are written); 2 on bad input; 130 when
+interrupted (the newest checkpoint stays on disk).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+import tomllib
+
+from bilevel_rl.cli.common import (
+    DTYPES,
+    Reporter,
+    UsageError,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    print_table,
+)
+
+# option dest -> config key, for the options that set the configuration
+RUN_OPTIONS = {
+    "algorithm": "algorithm",
+    "suite": "suite",
+    "batch": "batch",
+    "seeds": "seeds",
+    "iterations": "iterations",
+    "seed": "seed",
+    "dtype": "dtype",
+    "chunk_size": "chunk_size",
+    "log_every": "log_every",
+    "checkpoint_every": "checkpoint_every",
+    "checkpoint_seconds": "checkpoint_seconds",
+}
+
+
+def add_parser(sub) -> None:
+    """Registers ``run`` and ``config``."""
+    run = sub.add_parser(
+        "run",
+        help="run a bilevel algorithm on a batch of problems",
+        description="Run a bilevel algorithm on a batch of generated problems in one "
+        "compiled call. With no options: M-SoBiRL on 256 SoBiRL synthetic instances "
+        "(3000 iterations, float64).",
+    )
+    run.add_argument("--config", help="TOML file (bilevel-rl config --example)")
+    run.add_argument("--algorithm", help="see bilevel-rl list")
+    run.add_argument("--suite", help="see bilevel-rl list")
+    run.add_argument("--batch", type=positive_int, help="problem instances")
+    run.add_argument("--seeds", type=positive_int, help="algorithm seeds per instance")
+    run.add_argument("--iterations", type=positive_int, help="outer iterations")
+    run.add_argument("--seed", type=nonnegative_int, help="master seed")
+    run.add_argument("--dtype", choices=DTYPES)
+    run.add_argument("--chunk-size", type=nonnegative_int, help="0 = from the L2 size")
+    run.add_argument("--log-every", type=positive_int, help="iterations per update")
+    run.add_argument("--checkpoint-every", type=positive_int, help="iterations")
+    run.add_argument("--checkpoint-seconds", type=positive_float, help="seconds")
+    run.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an algorithm parameter, e.g. -p beta=0.01 (repeatable)",
+    )
+    run.add_argument(
+        "--suite-param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a suite parameter, e.g. --suite-param num_states=20 (repeatable)",
+    )
+    run.add_argument("--out", help="output folder (default: bilevel_rl_out/run-...)")
+    run.add_argument("--resume", metavar="DIR", help="continue the run in DIR")
+    run.add_argument("--quiet", action="store_true", help="no progress output")
+    run.set_defaults(handler=cmd_run)
+
+    config = sub.add_parser(
+        "config",
+        help="print an example configuration file",
+        description="Print (or write with --out) a commented TOML configuration.",
+    )
+    config.add_argument("--example", action="store_true", required=True)
+    config.add_argument("--algorithm", default="m_sobirl")
+    config.add_argument("--suite", default=None)
+    config.add_argument("--out", help="write the file here instead of printing it")
+    config.set_defaults(handler=cmd_config)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from bilevel_rl.config import ConfigError, example_config
+
+    try:
+        text = example_config(args.algorithm, args.suite)
+    except ConfigError as err:
+        raise UsageError(f"--{err}") from None
+    if args.out is None:
+        print(text, end="")
+        return 0
+    try:
+        with open(args.out, "x") as fh:
+            fh.write(text)
+    except FileExistsError:
+        raise UsageError(f"--out: {args.out!r} exists; not overwriting") from None
+    except OSError as err:
+        raise UsageError(f"--out: cannot write {args.out!r} ({err.strerror})") from None
+    print(f"wrote {args.out}")
+    return 0
+
+
+# ----------------------------------------------------------------------- run
+
+
+def _parse_assignments(option: str, items: list[str]) -> dict:
+    """``NAME=VALUE`` pairs; VALUE is read as a TOML value (bare words as strings)."""
+    out = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip():
+            raise UsageError(f"{option}: expected NAME=VALUE, got {item!r}")
+        try:
+            value = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()
+        out[name.strip()] = value
+    return out
+
+
+def resolve_config(args: argparse.Namespace):
+    """``(config, folder, resumed)`` from the options; validates everything."""
+    from bilevel_rl.config import ConfigError, load_config, make_config
+
+    if args.resume is not None:
+        given = (
+            [
+                "--" + dest.replace("_", "-")
+                for dest in (*RUN_OPTIONS, "config", "out")
+                if getattr(args, dest) is not None
+            ]
+            + (["--param"] if args.param else [])
+            + (["--suite-param"] if args.suite_param else [])
+        )
+        if given:
+            raise UsageError(
+                f"--resume: the settings come from {args.resume}/config.toml; "
+                f"drop {' '.join(given)}"
+            )
+        path = os.path.join(args.resume, "config.toml")
+        if not os.path.isfile(path):
+            raise UsageError(f"--resume: no run in {args.resume!r} (no config.toml)")
+        try:
+            return load_config(path), args.resume, True
+        except ConfigError as err:
+            raise UsageError(f"--resume: {err}") from None
+
+    values = {}
+    try:
+        if args.config is not None:
+            with open(args.config, "rb") as fh:
+                values = tomllib.load(fh)
+    except OSError as err:
+        raise UsageError(f"--config: cannot read {args.config!r} ({err.strerror})")
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise UsageError(f"--config: {args.config!r} is malformed TOML ({err})")
+    for dest, key in RUN_OPTIONS.items():
+        if getattr(args, dest) is not None:
+            values[key] = getattr(args, dest)
+    for option, table, items in (
+        ("--param", "algorithm_params", args.param),
+        ("--suite-param", "suite_params", args.suite_param),
+    ):
+        if items:
+            base = values.get(table, {})
+            if not isinstance(base, dict):
+                raise UsageError(f"--config: {table} must be a table")
+            values[table] = {**base, **_parse_assignments(option, items)}
+    try:
+        cfg = make_config(values)
+    except ConfigError as err:
+        where = f"{args.config}: " if args.config else ""
+        raise UsageError(f"{where}{err}") from None
+    folder = args.out or os.path.join(
+        "bilevel_rl_out",
+        f"run-{cfg.algorithm}-{cfg.suite}-{time.strftime('%Y%m%d-%H%M%S')}",
+    )
+    if os.path.exists(os.path.join(folder, "config.toml")):
+        raise UsageError(
+            f"--out: {folder!r} holds a run already; continue it with --resume "
+            f"{folder} or choose another folder"
+        )
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"--out: cannot create {folder!r} ({err.strerror})") from None
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise UsageError(f"--out: cannot write to {folder!r}")
+    return cfg, folder, False
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg, folder, resumed = resolve_config(args)
+    import jax
+
+    if cfg.dtype == "float64":
+        jax.config.update("jax_enable_x64", True)
+    import numpy as np
+
+    from bilevel_rl.algorithms import run
+    from bilevel_rl.cli import outputs
+    from bilevel_rl.config import build_problems, build_solver, to_toml
+
+    if not resumed:
+        outputs.write_atomic(os.path.join(folder, "config.toml"), to_toml(cfg))
+    reporter = Reporter(cfg.iterations, "it", quiet=args.quiet)
+    reporter.message(
+        f"{'resuming' if resumed else 'running'} {cfg.algorithm} on "
+        f"{cfg.num_runs} {cfg.suite} runs -> {folder}"
+    )
+    last = {}
+
+    def progress(p):
+        if not last:
+            start = (
+                f" (resumed at iteration {p.resumed_from})" if p.resumed_from else ""
+            )
+            reporter.message(f"compiled in {p.compile_s:.2f} s{start}")
+        done_here = p.iteration - p.resumed_from
+        grad = p.history["grad_norm"][..., -1]
+        finite = np.isfinite(grad)
+        last["progress"] = p
+        reporter.update(
+            p.iteration,
+            it_per_s=f"{done_here / max(p.run_s, 1e-9):.1f}",
+            median_grad=f"{np.median(grad[finite]):.3e}" if finite.any() else "nan",
+        )
+
+    problems, keys = build_problems(cfg)
+    t0 = time.perf_counter()
+    state, history = run(
+        build_solver(cfg),
+        problems,
+        keys,
+        cfg.iterations,
+        chunk_size=cfg.chunk_size or None,
+        segment_length=cfg.log_every,
+        checkpoint_dir=os.path.join(folder, "checkpoints"),
+        checkpoint_every=cfg.checkpoint_every,
+        checkpoint_seconds=cfg.checkpoint_seconds,
+        callback=progress,
+    )
+    reporter.close()
+    wall = time.perf_counter() - t0
+    p = last.get("progress")
+    timing = {
+        "wall_s": wall,
+        "compile_s": p.compile_s if p else 0.0,
+        "run_s": p.run_s if p else 0.0,
+        "run_iterations_per_s": (p.iteration - p.resumed_from) / p.run_s
+        if p and p.run_s > 0
+        else None,
+        "resumed_from": p.resumed_from if p else cfg.iterations,
+    }
+    report = outputs.write(folder, cfg, problems, state, history, timing)
+    _print_summary(report, folder)
+    return 1 if report["diverged"] else 0
+
+
+def _print_summary(report: dict, folder: str) -> None:
+    def stat(name):
+        s = report["final"].get(name)
+        return (
+            "n/a"
+            if s is None
+            else f"{s['median']:.3e} [{s['p10']:.2e}, {s['p90']:.2e}]"
+        )
+
+    rows = [
+        ("algorithm / suite", f"{report['algorithm']} / {report['suite']}"),
+        ("runs", f"{report['runs']} ({report['batch']} x {report['seeds']} seeds)"),
+        ("iterations", report["iterations"]),
+        ("final ‖ĝ‖ median [p10, p90]", stat("grad_norm")),
+    ]
+    if "exact_grad_norm" in report["final"]:
+        rows.append(("final ‖∇φ‖ median [p10, p90]", stat("exact_grad_norm")))
+    rows.append(("final f median [p10, p90]", stat("f")))
+    if "optimum_gap_max" in report:
+        rows.append(("max |f(x, π*) − f*|", f"{report['optimum_gap_max']:.3e}"))
+    rows += [
+        ("diverged runs", len(report["diverged"])),
+        ("compile time", f"{report['compile_s']:.2f} s"),
+        ("run time", f"{report['run_s']:.2f} s"),
+        ("wall time", f"{report['wall_s']:.2f} s"),
+        ("output folder", folder),
+    ]
+    print_table(rows)
+    for d in report["diverged"][:10]:
+        print(
+            f"diverged: run {d['run']} (instance {d['instance']}, seed "
+            f"{d['seed_index']}) at iteration {d['iteration']}"
+        )
+    if len(report["diverged"]) > 10:
+        print(f"... and {len(report['diverged']) - 10} more (metrics.json)")
