@@ -1,6 +1,14 @@
 """bilevel_rl: batched, jitted soft MDP solvers and hyper-gradients for bilevel RL."""
 
-from bilevel_rl import algorithms, estimators, objectives, rewards, sampling, suites
+from bilevel_rl import (
+    algorithms,
+    alignment,
+    estimators,
+    objectives,
+    rewards,
+    sampling,
+    suites,
+)
 from bilevel_rl.distributed import solve_batch
 from bilevel_rl.hypergrad import (
     HYPERGRADIENT_METHODS,
@@ -46,6 +54,7 @@ __all__ = [
     "TabularMDP",
     "__version__",
     "algorithms",
+    "alignment",
     "broadcast",
     "estimators",
     "objectives",

@@ -20,17 +20,15 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-import os
 import tomllib
 from collections.abc import Callable
 from typing import Any
 
 from bilevel_rl.algorithms import exact, m_sobirl, sobirl, stoc_sobirl
 from bilevel_rl.suites import four_rooms_problem, shaping_problem, sobirl_synthetic
+from bilevel_rl.suites.checks import MEMORY_FRACTION, physical_memory
 
 DTYPES = ("float32", "float64")
-SIZE_LIMIT_FRACTION = 0.5
-"""A configuration may use at most this fraction of the machine's memory for P."""
 
 
 class ConfigError(ValueError):
@@ -118,6 +116,8 @@ TOP_LEVEL = {
     "checkpoint_seconds": (60.0, "also checkpoint after this many seconds"),
 }
 _NONNEGATIVE = {"seed", "chunk_size"}
+HISTORY_BYTES_PER_ITERATION = 16 * 8
+"""Bound on the history one run records per iteration (<= 16 float64 metrics)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,6 +171,8 @@ def make_config(values: dict[str, Any]) -> RunConfig:
             if not (math.isfinite(value) and value >= low):
                 rule = ">= 0" if key in _NONNEGATIVE else "> 0"
                 raise ConfigError(f"{key}: must be finite and {rule}, got {value!r}")
+    if top["seed"] >= 2**32:
+        raise ConfigError(f"seed: must be < 2**32, got {top['seed']}")
     _check_choice("algorithm", top["algorithm"], ALGORITHMS)
     _check_choice("suite", top["suite"], SUITES)
     _check_choice("dtype", top["dtype"], DTYPES)
@@ -185,10 +187,9 @@ def make_config(values: dict[str, Any]) -> RunConfig:
         "algorithm_params", values.get("algorithm_params", {}), algorithm
     )
     suite_params = _check_params("suite_params", values.get("suite_params", {}), suite)
-    _check_suite_params(suite_params)
     cfg = RunConfig(**top, algorithm_params=algo_params, suite_params=suite_params)
     build_solver(cfg)  # the algorithm's own range checks
-    _check_memory(cfg)
+    _check_memory(cfg, _check_suite(cfg))
     return cfg
 
 
@@ -312,46 +313,36 @@ def _check_params(table: str, values: Any, entry: Entry) -> dict[str, Any]:
     }
 
 
-def _check_suite_params(params: dict[str, Any]) -> None:
-    """Range rules of the generators' (unchecked, traced) arguments."""
-    for key, value in params.items():
-        name = f"suite_params.{key}"
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            continue
-        if not math.isfinite(value):
-            raise ConfigError(f"{name}: must be finite, got {value!r}")
-        if key == "gamma" and not 0 <= value < 1:
-            raise ConfigError(f"{name}: must lie in [0, 1), got {value!r}")
-        if key in ("slip", "cost", "regularization") and value < 0:
-            raise ConfigError(f"{name}: must be >= 0, got {value!r}")
-        if key == "slip" and value > 1:
-            raise ConfigError(f"{name}: must be <= 1, got {value!r}")
-        if isinstance(value, int) and value < 1:
-            raise ConfigError(f"{name}: must be >= 1, got {value!r}")
-        if key == "tau" and value <= 0:
-            raise ConfigError(f"{name}: must be > 0, got {value!r}")
+def _check_suite(cfg: RunConfig):
+    """Traces one instance (no compute) for the generator's own checks; returns
+    its abstract ``BilevelProblem`` (shapes and dtypes)."""
+    import jax
+    import jax.numpy as jnp
+
+    generator = SUITES[cfg.suite].build
+    dtype = jnp.dtype(cfg.dtype)
+    try:
+        return jax.eval_shape(
+            lambda k: generator(k, **cfg.suite_params, dtype=dtype), jax.random.key(0)
+        )
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"suite_params.{err}") from None
 
 
-def _check_memory(cfg: RunConfig) -> None:
-    """Refuses a batch whose transition tensors alone exceed the memory limit."""
-    S = cfg.suite_params.get("num_states", 104)
-    A = cfg.suite_params.get("num_actions", 4)
-    itemsize = 4 if cfg.dtype == "float32" else 8
-    need = cfg.num_runs * S * A * S * itemsize
-    limit = SIZE_LIMIT_FRACTION * _physical_memory()
+def _check_memory(cfg: RunConfig, instance) -> None:
+    """Refuses a batch whose problems and history would not fit in memory."""
+    import jax
+
+    per_run = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(instance))
+    per_run += cfg.iterations * HISTORY_BYTES_PER_ITERATION
+    need = cfg.num_runs * per_run
+    limit = MEMORY_FRACTION * physical_memory()
     if need > limit:
         raise ConfigError(
-            f"batch: {cfg.num_runs} runs of S={S}, A={A} need {need / 2**30:.3g} GiB "
-            f"for P alone, more than {limit / 2**30:.3g} GiB (half this machine's "
-            "memory)"
+            f"batch: {cfg.num_runs} runs x {cfg.iterations} iterations need "
+            f"{need / 2**30:.3g} GiB for the problems and the history, more than "
+            f"{limit / 2**30:.3g} GiB (half this machine's memory)"
         )
-
-
-def _physical_memory() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 16 * 2**30
 
 
 def _toml_value(value: Any) -> str:

@@ -120,7 +120,7 @@ BAD = [
     (["run", "--suite-param", "gamma=1.0"], "suite_params.gamma: must lie in [0, 1)"),
     (["run", "--suite-param", "num_states=0"], "suite_params.num_states: must be >= 1"),
     (["run", "--algorithm", "sobirl"], "suite: sobirl is model-free"),
-    (["run", "--batch", "1000000000"], "batch: 1000000000 runs of S=10, A=5 need"),
+    (["run", "--batch", "1000000000"], "batch: 1000000000 runs x 3000 iterations need"),
     (["run", "--resume", "/nonexistent/run"], "--resume: no run in"),
     (["run", "--resume", ".", "--batch", "2"], "--resume: the settings come from"),
     (["config", "--example", "--algorithm", "x"], "algorithm: unknown algorithm"),

@@ -10,16 +10,18 @@ module                    algorithm                                      stochas
 :mod:`.m_sobirl`          M-SoBiRL (SoBiRL paper, Algorithm 2)           no
 :mod:`.sobirl`            SoBiRL (Algorithm 1), sampled outer tuples     yes
 :mod:`.stoc_sobirl`       Stoc-SoBiRL (Algorithms 3-4), STORM momentum   yes
+:mod:`.aihf`              AIHF (Li et al., Algorithm 1, Lemma 5.1)       optional
 ========================  =============================================  ==========
 """
 
-from bilevel_rl.algorithms import exact, m_sobirl, sobirl, stoc_sobirl
+from bilevel_rl.algorithms import aihf, exact, m_sobirl, sobirl, stoc_sobirl
 from bilevel_rl.algorithms.base import Solver
 from bilevel_rl.algorithms.runner import Progress, diverged_at, run
 
 __all__ = [
     "Progress",
     "Solver",
+    "aihf",
     "diverged_at",
     "exact",
     "m_sobirl",

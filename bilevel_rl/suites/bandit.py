@@ -12,6 +12,7 @@ import math
 import jax.numpy as jnp
 
 from bilevel_rl.mdp import TabularMDP
+from bilevel_rl.suites.checks import check_array_size, check_number, check_size
 from bilevel_rl.suites.random_mdps import float_dtype
 from bilevel_rl.types import Array
 
@@ -44,6 +45,9 @@ def bandit_mdp(
         Alignment with Human Feedback" (AIHF), Section 4; MATH.md §7.
     """
     dtype = float_dtype(dtype)
+    num_actions = check_size("num_actions", num_actions)
+    check_array_size("num_actions", "P", (1, num_actions, 1), dtype)
+    check_number("tau", tau, 0.0, math.inf, open_low=True, open_high=True)
     if ref_policy is not None:
         ref_policy = jnp.reshape(jnp.asarray(ref_policy, dtype), (1, num_actions))
     return TabularMDP(
@@ -76,6 +80,9 @@ def aihf_gaussian_reward(
         Li et al. (AIHF), Numerical Example 2; MATH.md §7.
     """
     dtype = float_dtype(dtype)
+    num_actions = check_size("num_actions", num_actions)
+    check_array_size("num_actions", "the reward", (num_actions,), dtype)
+    check_number("sigma", sigma, 0.0, math.inf, open_low=True, open_high=True)
     i = jnp.arange(1, num_actions + 1, dtype=dtype)
     z = (i / num_actions - mu) / sigma
     return jnp.exp(-0.5 * z**2) / (sigma * math.sqrt(2.0 * math.pi))

@@ -21,6 +21,7 @@ from bilevel_rl.mdp import TabularMDP
 from bilevel_rl.objectives import IncentiveData, incentive_design
 from bilevel_rl.problem import BilevelProblem
 from bilevel_rl.rewards import state_incentive_reward
+from bilevel_rl.suites.checks import check_number, check_size, check_transition_size
 from bilevel_rl.suites.random_mdps import float_dtype, make_mdp
 from bilevel_rl.types import Array, PRNGKey
 
@@ -126,6 +127,9 @@ def chain_mdp(
         ``TabularMDP`` with ``P: [S, 2, S]``.
     """
     del key
+    num_states = check_size("num_states", num_states)
+    check_number("slip", slip, 0.0, 1.0)
+    check_transition_size(num_states, 2, float_dtype(dtype))
     s = np.arange(num_states)
     moves = np.zeros((num_states, 2, num_states))
     moves[s, 0, np.maximum(s - 1, 0)] = 1.0
@@ -163,6 +167,9 @@ def gridworld_mdp(
         ``TabularMDP`` with ``P: [H * W, 4, H * W]``.
     """
     del key
+    S = check_size("height", height) * check_size("width", width)
+    check_number("slip", slip, 0.0, 1.0)
+    check_transition_size(S, 4, float_dtype(dtype))
     moves, _ = _grid_moves(np.ones((height, width), dtype=bool))
     dtype = float_dtype(dtype)
     return make_mdp(_slippery(moves, jnp.asarray(slip, dtype)), gamma, tau, dtype)
@@ -246,6 +253,7 @@ def four_rooms(
         112, 1999 (the map).
     """
     del key
+    check_number("slip", slip, 0.0, 1.0)
     if goal_mode not in ("absorbing", "reset"):
         raise ValueError(
             f"goal_mode: must be 'absorbing' or 'reset', got {goal_mode!r}"

@@ -7,11 +7,19 @@ is uniform and there is no reference policy unless stated otherwise.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import struct
 
 from bilevel_rl.mdp import TabularMDP
+from bilevel_rl.suites.checks import (
+    check_array_size,
+    check_number,
+    check_size,
+    check_transition_size,
+)
 from bilevel_rl.types import Array, PRNGKey
 
 __all__ = [
@@ -24,16 +32,37 @@ __all__ = [
 
 
 def float_dtype(dtype=None) -> jnp.dtype:
-    """``dtype`` canonicalized; ``None`` gives JAX's default float (x64 aware)."""
-    return jnp.zeros((), dtype).dtype
+    """``dtype`` canonicalized; ``None`` gives JAX's default float (x64 aware).
+
+    Raises:
+        TypeError: ``dtype`` is not a floating dtype.
+    """
+    try:
+        out = jnp.zeros((), dtype).dtype
+    except TypeError:
+        raise TypeError(f"dtype: not a dtype: {dtype!r}") from None
+    if not jnp.issubdtype(out, jnp.floating):
+        raise TypeError(f"dtype: must be a floating dtype, got {out}")
+    return out
+
+
+def check_mdp_sizes(num_states, num_actions, dtype) -> tuple[int, int]:
+    """Checked ``(S, A)`` of a generated MDP (see :mod:`.checks`)."""
+    S = check_size("num_states", num_states)
+    A = check_size("num_actions", num_actions)
+    check_transition_size(S, A, dtype)
+    return S, A
 
 
 def make_mdp(P: Array, gamma, tau, dtype, rho: Array | None = None) -> TabularMDP:
     """Builds a ``TabularMDP`` with the plain (traceable) constructor.
 
     ``rho`` defaults to uniform; ``gamma`` and ``tau`` are stored as ``[]`` arrays of
-    ``dtype``. No validation (the generators are valid by construction).
+    ``dtype``. Concrete ``gamma``/``tau`` are range-checked; ``P`` is valid by
+    construction.
     """
+    check_number("gamma", gamma, 0.0, 1.0, open_high=True)
+    check_number("tau", tau, 0.0, math.inf, open_low=True, open_high=True)
     S = P.shape[-1]
     if rho is None:
         rho = jnp.full((S,), 1.0 / S, dtype)
@@ -69,8 +98,17 @@ def dirichlet_mdp(
 
     Returns:
         ``TabularMDP`` with ``P: [S, A, S]``, uniform ``rho``.
+
+    Raises:
+        TypeError: a size that is not an integer, or a non-floating ``dtype``.
+        ValueError: a size ``< 1``, ``P`` larger than half the machine's memory,
+            or concrete ``gamma``/``tau``/``concentration`` out of range.
     """
     dtype = float_dtype(dtype)
+    num_states, num_actions = check_mdp_sizes(num_states, num_actions, dtype)
+    check_number(
+        "concentration", concentration, 0.0, math.inf, open_low=True, open_high=True
+    )
     shape = (num_states, num_actions)
     if isinstance(concentration, int | float) and concentration == 1.0:
         # Dirichlet(1) = normalized i.i.d. Exp(1): ~100x faster on CPU than the
@@ -137,17 +175,18 @@ def garnet_mdp(
         ``TabularMDP`` with ``P: [S, A, S]``, uniform ``rho``.
 
     Raises:
-        ValueError: ``branching`` outside ``1..S``.
+        ValueError: ``branching`` outside ``1..S`` (and see :func:`dirichlet_mdp`).
 
     References:
         Archibald, McKinnon, Thomas, "On the generation of Markov decision
         processes", J. Oper. Res. Soc. 1995; MATH.md §9.2.
     """
-    if not 1 <= branching <= num_states:
+    dtype = float_dtype(dtype)
+    num_states, num_actions = check_mdp_sizes(num_states, num_actions, dtype)
+    if check_size("branching", branching) > num_states:
         raise ValueError(
             f"branching: must lie in 1..num_states={num_states}, got {branching!r}"
         )
-    dtype = float_dtype(dtype)
     support = jnp.full((num_states, num_actions), branching, jnp.int32)
     u = jax.random.uniform(key, (num_states, num_actions, 2 * num_states), dtype)
     P = support_rows(u, support)
@@ -233,6 +272,9 @@ def random_reward_features(
         :class:`RewardFeatures`.
     """
     dtype = float_dtype(dtype)
+    check_mdp_sizes(num_states, num_actions, dtype)
+    shape = (num_states, num_actions, check_size("dim", dim))
+    check_array_size("dim", "the features", shape, dtype)
     n_phi = num_states * num_actions * dim
     z = jax.random.normal(key, (n_phi + dim,), dtype)  # one draw, then split
     phi = z[:n_phi].reshape(num_states, num_actions, dim)

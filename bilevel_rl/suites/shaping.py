@@ -19,6 +19,8 @@ References:
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import struct
@@ -27,6 +29,7 @@ from bilevel_rl.mdp import TabularMDP
 from bilevel_rl.objectives import ShapingData, reward_shaping_loss, reward_shaping_value
 from bilevel_rl.problem import BilevelProblem
 from bilevel_rl.rewards import tanh_reward
+from bilevel_rl.suites.checks import check_array_size, check_number, check_size
 from bilevel_rl.suites.random_mdps import dirichlet_mdp, float_dtype
 from bilevel_rl.types import Array, PRNGKey
 
@@ -103,6 +106,12 @@ def shaping_problem(
         (``m = 1``, ``H = horizon``).
     """
     dtype = float_dtype(dtype)
+    check_size("dim", dim)
+    check_size("horizon", horizon)
+    check_size("num_states", num_states)
+    check_size("num_actions", num_actions)
+    check_array_size("dim", "the features", (num_states, num_actions, dim), dtype)
+    check_number("regularization", regularization, 0.0, math.inf, open_high=True)
     k_mdp, k_phi, k_u, k_x = jax.random.split(key, 4)
     mdp = dirichlet_mdp(
         k_mdp, num_states, num_actions, gamma=gamma, tau=tau, dtype=dtype

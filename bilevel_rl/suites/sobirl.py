@@ -18,7 +18,13 @@ from flax import struct
 from bilevel_rl.objectives import sobirl_quadratic
 from bilevel_rl.problem import BilevelProblem
 from bilevel_rl.rewards import quadratic_form_reward
-from bilevel_rl.suites.random_mdps import float_dtype, make_mdp, support_rows
+from bilevel_rl.suites.checks import check_array_size, check_size
+from bilevel_rl.suites.random_mdps import (
+    check_mdp_sizes,
+    float_dtype,
+    make_mdp,
+    support_rows,
+)
 from bilevel_rl.types import Array, PRNGKey
 
 __all__ = [
@@ -158,6 +164,9 @@ def sobirl_synthetic(
         the authors' code; MATH.md §3.
     """
     dtype = float_dtype(dtype)
+    if check_mdp_sizes(num_states, num_actions, dtype)[0] < 2:
+        raise ValueError(f"num_states: must be >= 2, got {num_states}")
+    check_array_size("dim", "M", (check_size("dim", dim),) * 2, dtype)
     k_P, k_u, k_z = jax.random.split(key, 3)
     P = sobirl_transitions(k_P, num_states, num_actions, dtype=dtype)
     # All Gaussians in one draw and both uniforms in another (independent entries

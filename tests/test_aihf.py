@@ -1,0 +1,138 @@
+"""AIHF, SFT, RLHF and DPO (MATH.md §7): the paper's bandit facts, Lemma 5.1, DPO's
+closed form, and Numerical Example 2 at a reduced number of repeats."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from bilevel_rl import hypergradient, occupancy_measure, soft_optimal_policy
+from bilevel_rl.algorithms import aihf, exact, run
+from bilevel_rl.algorithms.aihf import lemma51_gradient
+from bilevel_rl.alignment import (
+    AlignmentData,
+    aihf_problem,
+    bandit_datasets,
+    demo_term,
+    dpo_loss,
+    fit_bradley_terry,
+    rlhf_policy,
+    sft_policy,
+    total_variation,
+)
+from bilevel_rl.suites import aihf_gaussian_reward, bandit_mdp, dirichlet_mdp
+
+BANDIT = bandit_mdp(2, tau=1.0, dtype=jnp.float64)
+
+
+def two_action_data(demos, prefs):
+    """``demos = (n1, n2)`` demonstrations, ``prefs = (m1, m2)``: ``m1`` times
+    action 1 preferred to action 2. ``alpha = |D| / |P|``."""
+    counts = jnp.asarray([demos], float) / sum(demos)
+    wins = jnp.asarray([[[0.0, prefs[0]], [prefs[1], 0.0]]]) / sum(prefs)
+    return AlignmentData(counts, wins, jnp.asarray(sum(demos) / sum(prefs)))
+
+
+# Paper Section 4: (demonstrations, preferences) and the expected pi_1 of
+# SFT, of the preference reward r_P, of RLHF and of AIHF.
+EXAMPLES = [
+    ((50, 50), (6, 4), 1 / 2, 6 / 10, 6 / 10, 56 / 110),
+    ((6, 4), (50, 50), 6 / 10, 1 / 2, 6 / 10, 56 / 110),
+]
+
+
+@pytest.mark.parametrize("demos, prefs, sft, r_p, rlhf, aihf_pi1", EXAMPLES)
+def test_bandit_examples_exact(demos, prefs, sft, r_p, rlhf, aihf_pi1):
+    data = two_action_data(demos, prefs)
+    pi_sft = sft_policy(data.demo_counts)
+    assert float(pi_sft[0, 0]) == pytest.approx(sft, abs=1e-12)
+    r_hat = fit_bradley_terry(data.wins)
+    pi_rp = soft_optimal_policy(BANDIT, r_hat)
+    assert float(pi_rp[0, 0]) == pytest.approx(r_p, abs=1e-6)
+    assert float(rlhf_policy(BANDIT, r_hat, pi_sft)[0, 0]) == pytest.approx(
+        rlhf, abs=1e-6
+    )
+    # Closed form of the AIHF optimum for two actions (MATH.md §7).
+    closed = (demos[0] + prefs[0]) / (sum(demos) + sum(prefs))
+    assert closed == pytest.approx(aihf_pi1, abs=1e-15)
+    problem = aihf_problem(BANDIT, data)
+    step = 0.5 / (1.0 + float(data.alpha))
+    for solver in (exact.make(beta=step), aihf.make(eta=step, inner_steps=1)):
+        state, hist = run(solver, problem, jax.random.key(0), 300)
+        pi = soft_optimal_policy(BANDIT, state.x)
+        assert float(pi[0, 0]) == pytest.approx(aihf_pi1, abs=1e-6)
+        assert float(hist["exact_grad_norm"][-1]) < 1e-8
+
+
+def test_lemma51_gradient_equals_exact_gradient_of_l1():
+    key = jax.random.key(3)
+    mdp = dirichlet_mdp(key, 6, 3, gamma=0.8, tau=0.7, dtype=jnp.float64)
+    expert = jax.nn.softmax(jax.random.normal(jax.random.key(4), (6, 3)), -1)
+    # Demonstrations' visitation per trajectory: that of an expert in this MDP.
+    counts = occupancy_measure(mdp, expert) / (1.0 - mdp.gamma)
+    data = AlignmentData(counts, jnp.zeros((6, 3, 3)), jnp.asarray(1.0))
+    problem = aihf_problem(mdp, data)
+    x = jax.random.normal(jax.random.key(5), (6, 3), jnp.float64)
+    pi = soft_optimal_policy(mdp, x)
+    visits = occupancy_measure(mdp, pi) / (1.0 - mdp.gamma)
+    lemma = lemma51_gradient(problem, x, pi, visits)
+    exact_grad = hypergradient(lambda x, p: demo_term(counts, p), lambda x: x, x, mdp)
+    np.testing.assert_allclose(lemma, exact_grad, rtol=1e-9, atol=1e-12)
+
+
+def test_dpo_gradient_solution_matches_its_closed_form():
+    A = 5
+    rng = np.random.default_rng(0)
+    wins = rng.uniform(0.2, 1.0, (1, A, A)) * (1 - np.eye(A))
+    data = AlignmentData(jnp.zeros((1, A)), jnp.asarray(wins / wins.sum()), 0.0)
+    ref = jnp.asarray(rng.dirichlet(np.ones(A)))[None]
+    beta = 0.5
+    opt = optax.lbfgs()
+    loss = lambda z: dpo_loss(z, data, ref, beta)  # noqa: E731
+    value_and_grad = optax.value_and_grad_from_state(loss)
+
+    def body(carry, _):
+        z, state = carry
+        value, grad = value_and_grad(z, state=state)
+        updates, state = opt.update(
+            grad, state, z, value=value, grad=grad, value_fn=loss
+        )
+        return (optax.apply_updates(z, updates), state), None
+
+    z0 = jnp.zeros((1, A))
+    (z, _), _ = jax.lax.scan(body, (z0, opt.init(z0)), None, length=200)
+    pi_dpo = jax.nn.softmax(z, -1)
+    mdp = bandit_mdp(A, tau=beta, dtype=jnp.float64)
+    closed = rlhf_policy(mdp, fit_bradley_terry(data.wins, ridge=1e-12), ref)
+    np.testing.assert_allclose(pi_dpo, closed, atol=1e-6)
+
+
+def test_numerical_example_2_aihf_beats_sft_and_rlhf():
+    r = aihf_gaussian_reward(50, dtype=jnp.float64)
+    truth = jax.nn.softmax(r)[None]
+    mdp = bandit_mdp(50, tau=1.0, dtype=jnp.float64)
+    keys = jax.random.split(jax.random.key(0), 4)
+
+    def estimates(key):
+        counts, wins = bandit_datasets(
+            key, r, num_demos=2000, comparisons_per_pair=200, covered=45
+        )
+        alpha = 2000 / (200 * 50 * 49 / 2)
+        data = AlignmentData(counts, wins, jnp.asarray(alpha))
+        pi_sft = sft_policy(counts)
+        pi_rlhf = rlhf_policy(mdp, fit_bradley_terry(wins), pi_sft)
+        return data, pi_sft, pi_rlhf
+
+    data, pi_sft, pi_rlhf = jax.vmap(estimates)(keys)
+    problems = jax.vmap(lambda d: aihf_problem(mdp, d))(data)
+    state, _ = run(exact.make(beta=100.0), problems, keys, 200)
+    pi_aihf = jax.vmap(lambda x: soft_optimal_policy(mdp, x))(state.x)
+    tv = {
+        name: np.asarray(jax.vmap(total_variation, (0, None))(pi, truth))
+        for name, pi in [("sft", pi_sft), ("rlhf", pi_rlhf), ("aihf", pi_aihf)]
+    }
+    assert (tv["aihf"] < tv["sft"]).all() and (tv["aihf"] < tv["rlhf"]).all()
+    for pi in (pi_sft, pi_rlhf):
+        assert float(pi[..., 45:].sum(-1).max()) < 0.01
+    assert float(pi_aihf[..., 45:].sum(-1).min()) > 0.05  # truth: 0.096
