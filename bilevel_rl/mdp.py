@@ -159,7 +159,10 @@ class TabularMDP:
                     f"got ref_policy[{s}, {a}] = {ref_np[s, a]!r}"
                 )
 
-        dtype = jnp.dtype(jnp.zeros((), dtype).dtype)  # canonicalize (x64 setting)
+        try:
+            dtype = jnp.dtype(jnp.zeros((), dtype).dtype)  # canonicalize (x64 setting)
+        except TypeError:
+            raise TypeError(f"dtype: not a dtype: {dtype!r}") from None
         if not jnp.issubdtype(dtype, jnp.floating):
             raise TypeError(f"dtype: must be a floating dtype, got {dtype}")
         return cls(

@@ -18,6 +18,7 @@ SCRIPTS = sorted(
 )
 
 
+@pytest.mark.slow  # about 4 minutes on 2 cores: run with `pytest -m slow`
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_benchmark_quick_run_writes_its_result_files(name, tmp_path):
     out = tmp_path / name

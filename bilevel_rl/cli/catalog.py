@@ -49,10 +49,17 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def benchmark_dir(folder: str | None) -> pathlib.Path:
+    """``folder``, else ``./benchmarks``, else the source checkout's ``benchmarks/``."""
     if folder is not None:
         path = pathlib.Path(folder)
     else:
-        path = pathlib.Path(__file__).resolve().parents[2] / "benchmarks"
+        candidates = [
+            pathlib.Path.cwd() / "benchmarks",
+            pathlib.Path(__file__).resolve().parents[2] / "benchmarks",
+        ]
+        path = next(
+            (p for p in candidates if (p / "machine.py").is_file()), candidates[0]
+        )
     if not (path / "machine.py").is_file():
         raise UsageError(
             f"--dir: no benchmarks folder at {str(path)!r}; run from a source "
