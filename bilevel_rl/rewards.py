@@ -11,9 +11,12 @@ data and the leader variable, so that it can be stored (static) in a
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
+import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 
 from bilevel_rl.types import Array
 
@@ -66,11 +69,37 @@ def tanh_reward(features: Array, x: Array) -> Array:
     return jnp.tanh(linear_reward(features, x))
 
 
+@jax.custom_jvp
+def symmetric_quadratic_form(M: Array, x: Array) -> Array:
+    """``x^T M x`` for a symmetric ``M`` (``[d, d]``), ``x: [d]``; ``[]``.
+
+    Its derivative ``2 (M x) . dx`` reuses the product ``M x`` of the value, so
+    value and gradient read ``M`` once (automatic differentiation of ``x @ M @ x``
+    would read it twice: ``M x`` and ``M^T (.)``). Assumes ``M = M^T``.
+    """
+    return x @ (M @ x)
+
+
+@functools.partial(symmetric_quadratic_form.defjvp, symbolic_zeros=True)
+def _symmetric_quadratic_form_jvp(primals, tangents):
+    M, x = primals
+    dM, dx = tangents
+    y = M @ x
+    tangent = jnp.zeros((), y.dtype)
+    if type(dx) is not SymbolicZero:
+        tangent = tangent + 2.0 * (y @ dx)
+    if type(dM) is not SymbolicZero:
+        tangent = tangent + x @ (dM @ x)
+    return x @ y, tangent
+
+
 def quadratic_form_reward(data: Any, x: Array) -> Array:
     """SoBiRL synthetic reward ``r_x(s, a) = c[s, a] * x^T M x`` (MATH.md §3).
 
-    The scalar ``x^T M x`` uses ``M`` as given (it is not symmetrized; only its
-    symmetric part matters for the value, but the gradient is ``(M + M^T) x``).
+    ``data.M`` must be symmetric: only the symmetric part of a quadratic form
+    matters, and :func:`bilevel_rl.suites.sobirl_synthetic` stores
+    ``(M + M^T) / 2`` so that value and gradient read it once
+    (:func:`symmetric_quadratic_form`).
 
     Args:
         data: a pytree with fields ``M``: ``[d, d]`` and ``c``: ``[S, A]`` (e.g.
@@ -85,7 +114,7 @@ def quadratic_form_reward(data: Any, x: Array) -> Array:
         Hyper-gradient without Lower-Level Convexity", AISTATS 2025, synthetic
         experiment; MATH.md §3.
     """
-    return data.c * (x @ data.M @ x)
+    return data.c * symmetric_quadratic_form(data.M, x)
 
 
 def state_incentive_reward(data: Any, x: Array) -> Array:

@@ -40,8 +40,8 @@ class SoBiRLData:
     """Data of the SoBiRL synthetic problem.
 
     Attributes:
-        M: ``[d, d]`` matrix of the quadratic form (``N(0, 1)`` entries, not
-            symmetric).
+        M: ``[d, d]`` symmetric part ``(M0 + M0^T) / 2`` of the drawn matrix ``M0``
+            (``N(0, 1)`` entries, not symmetric); ``x^T M x = x^T M0 x``.
         c: ``[S, A]`` reward scales ``u1 * u2``, ``u1, u2 ~ U(0, 1)``.
         w0: ``[S]`` initial adjoint estimate of M-SoBiRL (``N(0, I_S)``).
     """
@@ -114,8 +114,9 @@ def sobirl_synthetic_from_arrays(
     S, A = P.shape[0], P.shape[1]
     if w0 is None:
         w0 = jnp.zeros((S,), dtype)
+    M = jnp.asarray(M, dtype)
     data = SoBiRLData(
-        M=jnp.asarray(M, dtype), c=jnp.asarray(c, dtype), w0=jnp.asarray(w0, dtype)
+        M=0.5 * (M + M.T), c=jnp.asarray(c, dtype), w0=jnp.asarray(w0, dtype)
     )
     return BilevelProblem(
         mdp=make_mdp(P, gamma, tau, dtype),
