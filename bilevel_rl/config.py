@@ -24,7 +24,7 @@ import tomllib
 from collections.abc import Callable
 from typing import Any
 
-from bilevel_rl.algorithms import exact, m_sobirl, sobirl, stoc_sobirl
+from bilevel_rl.algorithms import exact, m_sobirl, pbrl, sobirl, stoc_sobirl
 from bilevel_rl.suites import four_rooms_problem, shaping_problem, sobirl_synthetic
 from bilevel_rl.suites.checks import MEMORY_FRACTION, physical_memory
 
@@ -73,6 +73,10 @@ ALGORITHMS: dict[str, Entry] = {
         "M-SoBiRL (Yang, Gao & Yuan 2025, Alg. 2): model-based, one adjoint step per "
         "iteration",
         m_sobirl.make,
+    ),
+    "pbrl": Entry(
+        "PBRL (Shen et al. 2024): value-penalty single-level reformulation",
+        pbrl.make,
     ),
     "sobirl": Entry(
         "SoBiRL (Alg. 1): PMD inner loop, exact dQ/dV, sampled outer trajectories",

@@ -11,10 +11,11 @@ module                    algorithm                                      stochas
 :mod:`.sobirl`            SoBiRL (Algorithm 1), sampled outer tuples     yes
 :mod:`.stoc_sobirl`       Stoc-SoBiRL (Algorithms 3-4), STORM momentum   yes
 :mod:`.aihf`              AIHF (Li et al., Algorithm 1, Lemma 5.1)       optional
+:mod:`.pbrl`              PBRL value penalty (Shen et al. 2024)          no
 ========================  =============================================  ==========
 """
 
-from bilevel_rl.algorithms import aihf, exact, m_sobirl, sobirl, stoc_sobirl
+from bilevel_rl.algorithms import aihf, exact, m_sobirl, pbrl, sobirl, stoc_sobirl
 from bilevel_rl.algorithms.base import Solver
 from bilevel_rl.algorithms.runner import Progress, diverged_at, run
 
@@ -25,6 +26,7 @@ __all__ = [
     "diverged_at",
     "exact",
     "m_sobirl",
+    "pbrl",
     "run",
     "sobirl",
     "stoc_sobirl",
