@@ -29,7 +29,6 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import matplotlib  # noqa: E402
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
 from machine import cpu_model  # noqa: E402
 
 matplotlib.use("Agg")
@@ -41,7 +40,7 @@ from bilevel_rl.alignment import (  # noqa: E402
     AlignmentData,
     aihf_problem,
     bandit_datasets,
-    dpo_loss,
+    dpo_policy,
     fit_bradley_terry,
     rlhf_policy,
     sft_policy,
@@ -86,24 +85,6 @@ def two_action_examples() -> list[dict]:
     return out
 
 
-def dpo_policy(data, reference, beta, steps=300):
-    opt = optax.lbfgs()
-    loss = lambda z: dpo_loss(z, data, reference, beta)  # noqa: E731
-    value_and_grad = optax.value_and_grad_from_state(loss)
-
-    def body(carry, _):
-        z, state = carry
-        value, grad = value_and_grad(z, state=state)
-        updates, state = opt.update(
-            grad, state, z, value=value, grad=grad, value_fn=loss
-        )
-        return (optax.apply_updates(z, updates), state), None
-
-    z0 = jnp.log(reference)
-    (z, _), _ = jax.lax.scan(body, (z0, opt.init(z0)), None, length=steps)
-    return jax.nn.softmax(z, -1)
-
-
 def example_2(repeats: int, num_demos: int, per_pair: int, covered: int):
     A = 50
     r = aihf_gaussian_reward(A)
@@ -122,7 +103,7 @@ def example_2(repeats: int, num_demos: int, per_pair: int, covered: int):
         pi_rlhf = rlhf_policy(mdp, fit_bradley_terry(wins), pi_sft)
         reference = (1 - 1e-6) * pi_sft + 1e-6 / A
         no_demos = data.replace(alpha=jnp.asarray(0.0))
-        pi_dpo = dpo_policy(no_demos, reference, 1.0)
+        pi_dpo = dpo_policy(no_demos, reference, 1.0, num_steps=300)
         return data, pi_sft, pi_rlhf, pi_dpo
 
     keys = jax.random.split(jax.random.key(2025), repeats)

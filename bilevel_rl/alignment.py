@@ -20,7 +20,8 @@ bandit examples). Special cases: SFT is the maximizer of ``L1`` over all policie
 (:func:`sft_policy`); RLHF fits ``r`` by ``L2`` alone (:func:`fit_bradley_terry`) and
 plays the KL-regularized optimal policy towards ``pi_SFT`` (:func:`rlhf_policy`);
 DPO maximizes ``alpha L1(pi) + L2(beta log(pi / pi0))`` over policies directly
-(:func:`dpo_loss`), whose tabular optimum is ``pi0 exp(r_hat / beta)`` normalized.
+(:func:`dpo_loss`, solved by :func:`dpo_policy`), whose tabular optimum is
+``pi0 exp(r_hat / beta)`` normalized.
 
 References:
     Li et al., "Joint Demonstration and Preference Learning Improves Policy
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax import struct
 
 from bilevel_rl.mdp import TabularMDP
@@ -46,6 +48,7 @@ __all__ = [
     "bandit_datasets",
     "demo_term",
     "dpo_loss",
+    "dpo_policy",
     "fit_bradley_terry",
     "preference_term",
     "rlhf_policy",
@@ -201,6 +204,42 @@ def dpo_loss(logits: Array, data: AlignmentData, reference: Array, beta) -> Arra
         data.alpha * demo_term(data.demo_counts, policy)
         + preference_term(data.wins, implicit_reward)
     )
+
+
+def dpo_policy(
+    data: AlignmentData, reference: Array, beta, *, num_steps: int = 200
+) -> Array:
+    """DPO by gradient-based optimization: ``softmax`` of the minimizer of
+    :func:`dpo_loss` over logits (L-BFGS from ``log reference``, ``num_steps``
+    static iterations, jittable and vmappable).
+
+    Args:
+        data: :class:`AlignmentData` (``alpha = 0`` is plain DPO).
+        reference: ``[S, A]`` ``pi0`` with positive entries.
+        beta: KL weight.
+        num_steps: L-BFGS iterations.
+
+    Returns:
+        ``[S, A]`` the DPO policy.
+    """
+    opt = optax.lbfgs()
+
+    def loss(z):
+        return dpo_loss(z, data, reference, beta)
+
+    value_and_grad = optax.value_and_grad_from_state(loss)
+
+    def body(carry, _):
+        z, state = carry
+        value, grad = value_and_grad(z, state=state)
+        updates, state = opt.update(
+            grad, state, z, value=value, grad=grad, value_fn=loss
+        )
+        return (optax.apply_updates(z, updates), state), None
+
+    z0 = jnp.log(reference)
+    (z, _), _ = jax.lax.scan(body, (z0, opt.init(z0)), None, length=num_steps)
+    return jax.nn.softmax(z, axis=-1)
 
 
 def total_variation(p: Array, q: Array) -> Array:

@@ -4,7 +4,6 @@ closed form, and Numerical Example 2 at a reduced number of repeats."""
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from bilevel_rl import hypergradient, occupancy_measure, soft_optimal_policy
@@ -15,7 +14,7 @@ from bilevel_rl.alignment import (
     aihf_problem,
     bandit_datasets,
     demo_term,
-    dpo_loss,
+    dpo_policy,
     fit_bradley_terry,
     rlhf_policy,
     sft_policy,
@@ -88,21 +87,7 @@ def test_dpo_gradient_solution_matches_its_closed_form():
     data = AlignmentData(jnp.zeros((1, A)), jnp.asarray(wins / wins.sum()), 0.0)
     ref = jnp.asarray(rng.dirichlet(np.ones(A)))[None]
     beta = 0.5
-    opt = optax.lbfgs()
-    loss = lambda z: dpo_loss(z, data, ref, beta)  # noqa: E731
-    value_and_grad = optax.value_and_grad_from_state(loss)
-
-    def body(carry, _):
-        z, state = carry
-        value, grad = value_and_grad(z, state=state)
-        updates, state = opt.update(
-            grad, state, z, value=value, grad=grad, value_fn=loss
-        )
-        return (optax.apply_updates(z, updates), state), None
-
-    z0 = jnp.zeros((1, A))
-    (z, _), _ = jax.lax.scan(body, (z0, opt.init(z0)), None, length=200)
-    pi_dpo = jax.nn.softmax(z, -1)
+    pi_dpo = dpo_policy(data, ref, beta)
     mdp = bandit_mdp(A, tau=beta, dtype=jnp.float64)
     closed = rlhf_policy(mdp, fit_bradley_terry(data.wins, ridge=1e-12), ref)
     np.testing.assert_allclose(pi_dpo, closed, atol=1e-6)
