@@ -12,10 +12,19 @@ module                    algorithm                                      stochas
 :mod:`.stoc_sobirl`       Stoc-SoBiRL (Algorithms 3-4), STORM momentum   yes
 :mod:`.aihf`              AIHF (Li et al., Algorithm 1, Lemma 5.1)       optional
 :mod:`.pbrl`              PBRL value penalty (Shen et al. 2024)          no
+:mod:`.hpgd`              HPGD hyper-policy gradient (Thoma et al. 2024) yes
 ========================  =============================================  ==========
 """
 
-from bilevel_rl.algorithms import aihf, exact, m_sobirl, pbrl, sobirl, stoc_sobirl
+from bilevel_rl.algorithms import (
+    aihf,
+    exact,
+    hpgd,
+    m_sobirl,
+    pbrl,
+    sobirl,
+    stoc_sobirl,
+)
 from bilevel_rl.algorithms.base import Solver
 from bilevel_rl.algorithms.runner import Progress, diverged_at, run
 
@@ -25,6 +34,7 @@ __all__ = [
     "aihf",
     "diverged_at",
     "exact",
+    "hpgd",
     "m_sobirl",
     "pbrl",
     "run",
