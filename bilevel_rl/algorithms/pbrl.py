@@ -138,10 +138,12 @@ def make(
         policy, _ = jax.lax.scan(policy_update, state.policy, None, policy_steps)
         f, grad_f = jax.value_and_grad(problem.objective)(state.x, policy)
         star = soft_value_iteration(mdp, reward, method="policy_iteration", tol=1e-12)
-        visits = occupancy_measure(mdp, star.policy) - occupancy_measure(mdp, policy)
-        _, vjp = jax.vjp(problem.reward, state.x)
-        (g_pen,) = vjp(lam * visits / (1.0 - mdp.gamma))
-        grad = jax.tree.map(jnp.add, grad_f, g_pen)
+        # Danskin: grad_x V*_x(rho) - grad_x V^pi_x(rho), the tested helper.
+        g_star, g_pi = (
+            optimal_value_gradient(mdp, problem.reward, state.x, policy=p)
+            for p in (star.policy, policy)
+        )
+        grad = jax.tree.map(lambda f, a, b: f + lam * (a - b), grad_f, g_star, g_pi)
         v_pi, _ = soft_policy_evaluation(mdp, reward, policy)
         metrics = {
             "grad_norm": tree_norm(grad),
