@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bilevel_rl import hypergradient, occupancy_measure, soft_optimal_policy
-from bilevel_rl.algorithms import aihf, exact, run
+from bilevel_rl.algorithms import aihf, drlhf, exact, run
 from bilevel_rl.algorithms.aihf import lemma51_gradient
 from bilevel_rl.alignment import (
     AlignmentData,
@@ -121,3 +121,29 @@ def test_numerical_example_2_aihf_beats_sft_and_rlhf():
     for pi in (pi_sft, pi_rlhf):
         assert float(pi[..., 45:].sum(-1).max()) < 0.01
     assert float(pi_aihf[..., 45:].sum(-1).min()) > 0.05  # truth: 0.096
+
+
+def test_drlhf_converges_to_the_two_stage_rlhf_solution():
+    data = two_action_data((50, 50), (6, 4))
+    problem = aihf_problem(BANDIT, data)
+    state, hist = run(drlhf.make(eta=2.0), problem, jax.random.key(0), 200)
+    margin = float(state.x[0, 0] - state.x[0, 1])
+    assert margin == pytest.approx(float(np.log(6 / 4)), abs=1e-6)  # BT MLE
+    assert float(state.policy[0, 0]) == pytest.approx(0.6, abs=1e-6)
+    # Not the AIHF optimum: the alternating scheme ignores the demonstrations.
+    assert float(hist["exact_grad_norm"][-1]) > 1e-3
+
+
+@pytest.mark.parametrize(
+    "make, kwargs, message",
+    [
+        (aihf.make, dict(eta=0.0), "eta: must be finite and > 0"),
+        (aihf.make, dict(num_trajectories=0), "num_trajectories: must be finite"),
+        (aihf.make, dict(horizon=0), "horizon: must be finite and > 0"),
+        (drlhf.make, dict(inner_steps=0), "inner_steps: must be finite and > 0"),
+        (drlhf.make, dict(pmd_eta=-1.0), "pmd_eta: must be finite and > 0"),
+    ],
+)
+def test_bad_configuration(make, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make(**kwargs)

@@ -13,11 +13,13 @@ module                    algorithm                                      stochas
 :mod:`.aihf`              AIHF (Li et al., Algorithm 1, Lemma 5.1)       optional
 :mod:`.pbrl`              PBRL value penalty (Shen et al. 2024)          no
 :mod:`.hpgd`              HPGD hyper-policy gradient (Thoma et al. 2024) yes
+:mod:`.drlhf`             DRLHF alternating BT reward / policy steps     no
 ========================  =============================================  ==========
 """
 
 from bilevel_rl.algorithms import (
     aihf,
+    drlhf,
     exact,
     hpgd,
     m_sobirl,
@@ -33,6 +35,7 @@ __all__ = [
     "Solver",
     "aihf",
     "diverged_at",
+    "drlhf",
     "exact",
     "hpgd",
     "m_sobirl",
