@@ -78,6 +78,7 @@ def solve_batch(
     method: str = "value_iteration",
     init: Array | None = None,
     chunk_size: int | None = None,
+    memory_budget: int | None = None,
 ) -> SoftSolution:
     """Solves a batch of soft MDPs in one jitted call, chunk by chunk.
 
@@ -93,6 +94,11 @@ def solve_batch(
         method: see :func:`bilevel_rl.soft_value_iteration`.
         init: ``[B, S]`` warm starts, or ``None`` for zeros.
         chunk_size: MDPs per chunk; ``None`` picks :func:`auto_chunk_size`.
+        memory_budget: bytes the batch's arrays (inputs and results) may occupy
+            on the device at once; a larger batch is solved in equal blocks, one
+            after the other, by the same compiled function (the last block padded
+            by repeating its last MDP), with identical results. ``None``: half of
+            the device's memory (:func:`device_memory_bytes`).
 
     Returns:
         A batched :class:`~bilevel_rl.SoftSolution` (every field with leading ``B``).
@@ -121,9 +127,35 @@ def solve_batch(
     chunk = auto_chunk_size(mdp, B) if chunk_size is None else int(chunk_size)
     if chunk < 1:
         raise ValueError(f"chunk_size: must be >= 1, got {chunk_size!r}")
-    return _solve_chunked(
-        mdp, reward, init, min(chunk, B), float(tol), int(max_iters), method
-    )
+    budget = device_memory_bytes() // 2 if memory_budget is None else memory_budget
+    if not budget >= 1:
+        raise ValueError(f"memory_budget: must be >= 1 byte, got {memory_budget!r}")
+    # Inputs (P, reward, init, scalars) plus results (q, policy, v, ...) per MDP.
+    itemsize = mdp.P.dtype.itemsize
+    per_mdp = (S * A * S + 3 * S * A + 3 * S + 8) * itemsize
+    block = int(max(1, min(B, budget // per_mdp)))
+    args = (float(tol), int(max_iters), method)
+    if block == B:
+        return _solve_chunked(mdp, reward, init, min(chunk, B), *args)
+    parts = []
+    for start in range(0, B, block):
+        idx = np.minimum(np.arange(start, start + block), B - 1)  # pad: repeat last
+        take = functools.partial(jax.tree.map, lambda a: a[idx])
+        sol = _solve_chunked(
+            take(mdp), take(reward), None if init is None else take(init),
+            min(chunk, block), *args,
+        )  # fmt: skip
+        parts.append(jax.tree.map(lambda a: a[: min(block, B - start)], sol))
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
+
+
+def device_memory_bytes() -> int:
+    """Memory of the default device: its allocator limit on accelerators, the
+    machine's physical memory on CPU."""
+    from bilevel_rl.suites.checks import physical_memory
+
+    stats = jax.devices()[0].memory_stats() or {}
+    return int(stats.get("bytes_limit", physical_memory()))
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4, 5, 6))

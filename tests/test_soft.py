@@ -266,3 +266,18 @@ def test_solve_batch_validates():
         solve_batch(mdps, r)
     with pytest.raises(ValueError, match="chunk_size: must be >= 1"):
         solve_batch(mdps, jnp.stack([r, r]), chunk_size=0)
+
+
+def test_solve_batch_memory_budget_blocks_equal_one_call():
+    keys = jax.random.split(jax.random.key(5), 7)
+    mdps = jax.vmap(lambda k: br.suites.dirichlet_mdp(k, 5, 3, dtype=jnp.float64))(keys)
+    rewards = jax.random.uniform(jax.random.key(6), (7, 5, 3), jnp.float64)
+    whole = solve_batch(mdps, rewards, tol=1e-10, chunk_size=2)
+    per_mdp = (5 * 3 * 5 + 3 * 5 * 3 + 3 * 5 + 8) * 8
+    blocked = solve_batch(
+        mdps, rewards, tol=1e-10, chunk_size=2, memory_budget=3 * per_mdp
+    )  # three blocks of 3, the last padded
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(blocked), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="memory_budget: must be >= 1 byte"):
+        solve_batch(mdps, rewards, memory_budget=0)
