@@ -10,6 +10,7 @@ module                    algorithm                                      stochas
 :mod:`.m_sobirl`          M-SoBiRL (SoBiRL paper, Algorithm 2)           no
 :mod:`.sobirl`            SoBiRL (Algorithm 1), sampled outer tuples     yes
 :mod:`.stoc_sobirl`       Stoc-SoBiRL (Algorithms 3-4), STORM momentum   yes
+:mod:`.parl`              A-PARL (Chakraborty et al.), HVP + CG          optional
 :mod:`.aihf`              AIHF (Li et al., Algorithm 1, Lemma 5.1)       optional
 :mod:`.pbrl`              PBRL value penalty (Shen et al. 2024)          no
 :mod:`.hpgd`              HPGD hyper-policy gradient (Thoma et al. 2024) yes
@@ -23,6 +24,7 @@ from bilevel_rl.algorithms import (
     exact,
     hpgd,
     m_sobirl,
+    parl,
     pbrl,
     sobirl,
     stoc_sobirl,
@@ -39,6 +41,7 @@ __all__ = [
     "exact",
     "hpgd",
     "m_sobirl",
+    "parl",
     "pbrl",
     "run",
     "sobirl",
