@@ -18,17 +18,35 @@ types follow the defaults.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import math
 import tomllib
 from collections.abc import Callable
 from typing import Any
 
-from bilevel_rl.algorithms import exact, m_sobirl, pbrl, sobirl, stoc_sobirl
+from bilevel_rl.algorithms import (
+    aihf,
+    drlhf,
+    exact,
+    hpgd,
+    m_sobirl,
+    parl,
+    pbrl,
+    sobirl,
+    stoc_sobirl,
+)
+from bilevel_rl.algorithms.hpgd import target_reward
 from bilevel_rl.suites import four_rooms_problem, shaping_problem, sobirl_synthetic
 from bilevel_rl.suites.checks import MEMORY_FRACTION, physical_memory
+from bilevel_rl.suites.rlhf import alignment_problem, tabular_rlhf_problem
 
 DTYPES = ("float32", "float64")
+KINDS = {
+    "trajectories": "a trajectory-level upper loss (model-free algorithms)",
+    "alignment": "demonstrations and preferences (AlignmentData)",
+    "incentive": "an incentive-design upper level (IncentiveData)",
+}
 
 
 class ConfigError(ValueError):
@@ -43,14 +61,15 @@ class Entry:
         description: one line for ``bilevel-rl list``.
         build: ``make(**params)`` for an algorithm; ``generator(key, **params,
             dtype=...)`` for a suite.
-        model_free: (algorithms) needs a problem with a trajectory loss.
-        trajectories: (suites) the problems carry a trajectory loss.
+        needs: (algorithms) what the problem must provide, one of :data:`KINDS`
+            (``None``: any problem).
+        provides: (suites) the :data:`KINDS` its problems provide.
     """
 
     description: str
     build: Callable[..., Any]
-    model_free: bool = False
-    trajectories: bool = False
+    needs: str | None = None
+    provides: tuple[str, ...] = ()
 
     def defaults(self) -> dict[str, Any]:
         """The configurable keyword arguments and their defaults."""
@@ -78,15 +97,35 @@ ALGORITHMS: dict[str, Entry] = {
         "PBRL (Shen et al. 2024): value-penalty single-level reformulation",
         pbrl.make,
     ),
+    "parl": Entry(
+        "A-PARL (Chakraborty et al. 2024): softmax-logit PG follower, HVP + CG "
+        "hyper-gradient",
+        parl.make,
+    ),
     "sobirl": Entry(
         "SoBiRL (Alg. 1): PMD inner loop, exact dQ/dV, sampled outer trajectories",
         sobirl.make,
-        model_free=True,
+        needs="trajectories",
     ),
     "stoc_sobirl": Entry(
         "Stoc-SoBiRL (Algs. 3-4): fully sampled hyper-gradient with STORM momentum",
         stoc_sobirl.make,
-        model_free=True,
+        needs="trajectories",
+    ),
+    "aihf": Entry(
+        "AIHF (Li et al. 2024, Alg. 1): demonstrations + preferences, Lemma 5.1",
+        aihf.make,
+        needs="alignment",
+    ),
+    "drlhf": Entry(
+        "DRLHF (Christiano et al. 2017): alternating Bradley-Terry reward / policy",
+        drlhf.make,
+        needs="alignment",
+    ),
+    "hpgd": Entry(
+        "HPGD (Thoma et al. 2024): hyper-policy gradient, exact soft best response",
+        functools.partial(hpgd.make, upper_reward=target_reward),
+        needs="incentive",
     ),
 }
 
@@ -98,11 +137,22 @@ SUITES: dict[str, Entry] = {
     "shaping": Entry(
         "random MDPs, tanh-feature reward shaping, non-convex trajectory loss",
         shaping_problem,
-        trajectories=True,
+        provides=("trajectories",),
     ),
     "four_rooms": Entry(
         "HPGD Four-Rooms incentive design (104 cells, 4 actions, MATH §9.3)",
         four_rooms_problem,
+        provides=("incentive",),
+    ),
+    "rlhf": Entry(
+        "tabular RLHF (MATH §9.4): linear reward model, Bradley-Terry trajectory pairs",
+        tabular_rlhf_problem,
+        provides=("trajectories",),
+    ),
+    "alignment": Entry(
+        "tabular AIHF data: expert demonstrations + per-state comparisons (MATH §7)",
+        alignment_problem,
+        provides=("alignment",),
     ),
 }
 
@@ -181,11 +231,11 @@ def make_config(values: dict[str, Any]) -> RunConfig:
     _check_choice("suite", top["suite"], SUITES)
     _check_choice("dtype", top["dtype"], DTYPES)
     algorithm, suite = ALGORITHMS[top["algorithm"]], SUITES[top["suite"]]
-    if algorithm.model_free and not suite.trajectories:
-        with_traj = sorted(k for k, v in SUITES.items() if v.trajectories)
+    if algorithm.needs is not None and algorithm.needs not in suite.provides:
+        fitting = sorted(k for k, v in SUITES.items() if algorithm.needs in v.provides)
         raise ConfigError(
-            f"suite: {top['algorithm']} is model-free and needs a suite with a "
-            f"trajectory loss ({with_traj}), got {top['suite']!r}"
+            f"suite: {top['algorithm']} needs {KINDS[algorithm.needs]}, which "
+            f"{top['suite']!r} does not provide; use one of {fitting}"
         )
     algo_params = _check_params(
         "algorithm_params", values.get("algorithm_params", {}), algorithm
@@ -242,7 +292,8 @@ def example_config(algorithm: str = "m_sobirl", suite: str | None = None) -> str
     """A commented TOML file for ``algorithm`` (and a suite it can run on)."""
     _check_choice("algorithm", algorithm, ALGORITHMS)
     if suite is None:
-        suite = "shaping" if ALGORITHMS[algorithm].model_free else "sobirl"
+        needs = ALGORITHMS[algorithm].needs
+        suite = next((k for k, v in SUITES.items() if needs in v.provides), "sobirl")
     return to_toml(make_config({"algorithm": algorithm, "suite": suite}), comments=True)
 
 

@@ -119,7 +119,9 @@ BAD = [
     (["run", "-p", "inner_steps=2.5"], "algorithm_params.inner_steps: expected int"),
     (["run", "--suite-param", "gamma=1.0"], "suite_params.gamma: must lie in [0, 1)"),
     (["run", "--suite-param", "num_states=0"], "suite_params.num_states: must be >= 1"),
-    (["run", "--algorithm", "sobirl"], "suite: sobirl is model-free"),
+    (["run", "--algorithm", "sobirl"], "suite: sobirl needs a trajectory-level"),
+    (["run", "--algorithm", "aihf"], "suite: aihf needs demonstrations and prefer"),
+    (["run", "--algorithm", "hpgd", "--suite", "rlhf"], "use one of ['four_rooms']"),
     (["run", "--batch", "1000000000"], "batch: 1000000000 runs x 3000 iterations need"),
     (["run", "--resume", "/nonexistent/run"], "--resume: no run in"),
     (["run", "--resume", ".", "--batch", "2"], "--resume: the settings come from"),
@@ -175,10 +177,26 @@ def test_unwritable_or_occupied_output_exits_2(tmp_path, capsys, tiny_run):
     assert "exists; not overwriting" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "algorithm, suite",
+    [("aihf", "alignment"), ("hpgd", "four_rooms"), ("parl", "rlhf")],
+)
+def test_every_problem_kind_runs_from_the_command_line(tmp_path, algorithm, suite):
+    out = tmp_path / "o"
+    args = ["--algorithm", algorithm, "--suite", suite, "--batch", "2"]
+    args += ["--iterations", "3", "--log-every", "3", "--quiet", "--out", str(out)]
+    assert run_cli(*args) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["diverged"] == []
+    with np.load(out / "history.npz") as h:
+        assert np.isfinite(h["exact_f"]).all() and h["exact_f"].shape == (2, 3)
+
+
 def test_list_and_version(capsys):
     assert main(["list"]) == 0
     text = capsys.readouterr().out
-    for name in ("m_sobirl", "stoc_sobirl", "exact", "shaping", "four_rooms"):
+    names = ("m_sobirl", "stoc_sobirl", "exact", "parl", "aihf", "drlhf", "hpgd")
+    for name in names + ("shaping", "four_rooms", "rlhf", "alignment"):
         assert f"  {name} " in text
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])

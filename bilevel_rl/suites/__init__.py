@@ -31,6 +31,14 @@ from bilevel_rl.suites.random_mdps import (
     random_mdp,
     random_reward_features,
 )
+from bilevel_rl.suites.rlhf import (
+    RLHFSuiteData,
+    alignment_problem,
+    held_out_pairs,
+    preference_accuracy,
+    rlhf_alignment_data,
+    tabular_rlhf_problem,
+)
 from bilevel_rl.suites.shaping import ShapingSuiteData, shaping_problem
 from bilevel_rl.suites.sobirl import (
     SoBiRLData,
@@ -41,10 +49,12 @@ from bilevel_rl.suites.sobirl import (
 
 __all__ = [
     "FOUR_ROOMS_LAYOUT",
+    "RLHFSuiteData",
     "RewardFeatures",
     "ShapingSuiteData",
     "SoBiRLData",
     "aihf_gaussian_reward",
+    "alignment_problem",
     "bandit_mdp",
     "chain_mdp",
     "dirichlet_mdp",
@@ -55,10 +65,14 @@ __all__ = [
     "four_rooms_state",
     "garnet_mdp",
     "gridworld_mdp",
+    "held_out_pairs",
+    "preference_accuracy",
     "random_mdp",
     "random_reward_features",
+    "rlhf_alignment_data",
     "shaping_problem",
     "sobirl_synthetic",
     "sobirl_synthetic_from_arrays",
     "sobirl_transitions",
+    "tabular_rlhf_problem",
 ]
