@@ -10,6 +10,12 @@ stopping test inside a chunk. With several local devices (accelerators, or CPU
 cores exposed as host devices with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=N``) :func:`batch_map` first
 shards the batch over them with ``jax.shard_map``.
+
+Several processes (hosts): call :func:`initialize` first in every process (the
+``bilevel-rl run --distributed`` flag does); every process then builds the same
+batch from the same seed, :func:`replicate` makes its arrays global, and the batch
+is sharded over the devices of *all* processes (``jax.devices()``), each process
+receiving the whole result (:func:`gather`). One process is the degenerate case.
 """
 
 from __future__ import annotations
@@ -67,6 +73,92 @@ def auto_chunk_size(mdp: TabularMDP, batch_size: int) -> int:
     # From the shape only: indexing mdp.P[0] would dispatch a slice (~50 us).
     per_mdp = math.prod(mdp.P.shape[-3:]) * mdp.P.dtype.itemsize
     return int(max(1, min(batch_size, (cache_bytes() // 2) // per_mdp)))
+
+
+@functools.cache
+def cpu_collectives_ready() -> bool:
+    """Selects gloo for collectives between CPU processes (before backend start)."""
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    return True
+
+
+def initialize(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> tuple[int, int]:
+    """Joins a multi-process (multi-host) run: ``jax.distributed.initialize``.
+
+    Call it in every process before any other JAX call. Without arguments the
+    cluster is detected from the environment (SLURM, Open MPI, Kubernetes, Cloud
+    TPU); otherwise give all three. On CPU the processes exchange data through gloo.
+
+    Args:
+        coordinator_address: ``host:port`` of process 0.
+        num_processes: number of processes.
+        process_id: this process's index in ``[0, num_processes)``.
+
+    Returns:
+        ``(process_index, process_count)``.
+
+    Raises:
+        ValueError: only some of the three arguments given, or a process id out of
+            range.
+    """
+    given = [a is not None for a in (coordinator_address, num_processes, process_id)]
+    if any(given) and not all(given):
+        raise ValueError(
+            "coordinator_address, num_processes, process_id: give all three or none "
+            "(none: detect the cluster from the environment)"
+        )
+    if all(given) and not 0 <= process_id < num_processes:
+        raise ValueError(
+            f"process_id: must lie in [0, num_processes={num_processes}), got "
+            f"{process_id}"
+        )
+    cpu_collectives_ready()
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    return jax.process_index(), jax.process_count()
+
+
+def global_mesh() -> jax.sharding.Mesh:
+    """A one-axis (``"batch"``) mesh over the devices of every process."""
+    return jax.sharding.Mesh(np.asarray(jax.devices()), ("batch",))
+
+
+def replicated() -> jax.sharding.NamedSharding | None:
+    """Sharding that holds a whole array on every device of every process
+    (``None`` in a single process: leave placement to ``jit``)."""
+    if jax.process_count() == 1:
+        return None
+    return jax.sharding.NamedSharding(global_mesh(), jax.sharding.PartitionSpec())
+
+
+def replicate(tree):
+    """Host-identical arrays of every process as global replicated arrays.
+
+    Every process must pass the same values (e.g. built from the same seed). In a
+    single process ``tree`` is returned unchanged.
+    """
+    sharding = replicated()
+    if sharding is None:
+        return tree
+
+    def one(x):
+        if not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+    return jax.tree.map(one, tree)
+
+
+def gather(tree):
+    """Global arrays (sharded over all processes) as whole arrays in every process."""
+    if jax.process_count() == 1:
+        return tree
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def solve_batch(
@@ -136,15 +228,16 @@ def solve_batch(
     block = int(max(1, min(B, budget // per_mdp)))
     args = (float(tol), int(max_iters), method)
     if block == B:
-        return _solve_chunked(mdp, reward, init, min(chunk, B), *args)
+        mdp, reward, init = replicate((mdp, reward, init))
+        return gather(_solve_chunked(mdp, reward, init, min(chunk, B), *args))
     parts = []
     for start in range(0, B, block):
         idx = np.minimum(np.arange(start, start + block), B - 1)  # pad: repeat last
         take = functools.partial(jax.tree.map, lambda a: a[idx])
-        sol = _solve_chunked(
-            take(mdp), take(reward), None if init is None else take(init),
-            min(chunk, block), *args,
-        )  # fmt: skip
+        inputs = replicate(
+            (take(mdp), take(reward), None if init is None else take(init))
+        )
+        sol = gather(_solve_chunked(*inputs, min(chunk, block), *args))
         parts.append(jax.tree.map(lambda a: a[: min(block, B - start)], sol))
     return jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
 
@@ -154,7 +247,7 @@ def device_memory_bytes() -> int:
     machine's physical memory on CPU."""
     from bilevel_rl.suites.checks import physical_memory
 
-    stats = jax.devices()[0].memory_stats() or {}
+    stats = jax.local_devices()[0].memory_stats() or {}
     return int(stats.get("bytes_limit", physical_memory()))
 
 
@@ -177,7 +270,7 @@ def _solve_chunked(mdp, reward, init, chunk, tol, max_iters, method):
 def batch_map(fn, xs, *, chunk_size: int, devices=None):
     """Maps ``fn`` over the leading axis of ``xs``: sharded, then chunked.
 
-    The batch is split over ``devices`` (default: all local devices) with
+    The batch is split over ``devices`` (default: the devices of all processes) with
     ``jax.shard_map`` on a one-axis ``Mesh``; on each device ``lax.map`` runs
     ``chunk_size`` instances at a time (vmapped). An uneven batch is padded by
     repeating its last instance and the padding is dropped from the result. One
@@ -187,12 +280,12 @@ def batch_map(fn, xs, *, chunk_size: int, devices=None):
         fn: maps one instance (a pytree without the batch axis) to a pytree.
         xs: pytree whose leaves share a leading batch axis ``B``.
         chunk_size: instances per ``lax.map`` step on each device.
-        devices: devices to shard over; default ``jax.local_devices()``.
+        devices: devices to shard over; default ``jax.devices()``.
 
     Returns:
         ``fn``'s outputs stacked along a leading axis of size ``B``.
     """
-    devices = jax.local_devices() if devices is None else list(devices)
+    devices = jax.devices() if devices is None else list(devices)
     n = len(devices)
     B = jax.tree.leaves(xs)[0].shape[0]
 

@@ -34,7 +34,7 @@ import numpy as np
 
 from bilevel_rl import checkpoint
 from bilevel_rl.algorithms.base import Solver, check_positive, check_x0
-from bilevel_rl.distributed import batch_map, cache_bytes
+from bilevel_rl.distributed import batch_map, cache_bytes, replicate, replicated
 from bilevel_rl.problem import BilevelProblem
 from bilevel_rl.types import PRNGKey
 
@@ -151,6 +151,7 @@ def run(
     init = _compiled("init", solver, _signature((problem, keys)), 0, chunk)
     compile_s = time.perf_counter() - t0
     carry, history, done, fingerprint = None, {}, 0, None
+    primary = jax.process_index() == 0  # the process that writes checkpoints
     if checkpoint_dir is not None:
         fingerprint = _fingerprint(problem, keys)
         like = jax.eval_shape(_program("init", solver, 0, chunk), problem, keys)
@@ -169,6 +170,8 @@ def run(
                     f"{done}, past num_iters={num_iters}"
                 )
     resumed_from = done
+    # Several processes: every one holds the same arrays; make them global.
+    problem, keys, carry = replicate((problem, keys, carry))
     if carry is None:
         carry = init(problem, keys)
 
@@ -195,7 +198,8 @@ def run(
             )
         ):
             meta = {"fingerprint": fingerprint, "segment_length": segment}
-            checkpoint.save(checkpoint_dir, done, carry, meta, extras=history)
+            if primary:
+                checkpoint.save(checkpoint_dir, done, carry, meta, extras=history)
             last_save, last_save_t = done, time.perf_counter()
         if callback is not None:
             callback(
@@ -286,8 +290,11 @@ def _signature(args) -> tuple:
 def _compiled(kind: str, solver: Solver, signature: tuple, length: int, chunk: int):
     """Ahead-of-time compiled program, cached per solver, shapes and sizes."""
     treedef, avals = signature
-    args = jax.tree.unflatten(treedef, [jax.ShapeDtypeStruct(s, d) for s, d in avals])
-    return jax.jit(_program(kind, solver, length, chunk)).lower(*args).compile()
+    sharding = replicated()  # None in one process; else every device holds all
+    structs = [jax.ShapeDtypeStruct(s, d, sharding=sharding) for s, d in avals]
+    args = jax.tree.unflatten(treedef, structs)
+    program = jax.jit(_program(kind, solver, length, chunk), out_shardings=sharding)
+    return program.lower(*args).compile()
 
 
 def _fingerprint(problem: BilevelProblem, keys) -> str:

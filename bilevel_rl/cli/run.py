@@ -84,6 +84,18 @@ def add_parser(sub) -> None:
     run.add_argument("--out", help="output folder (default: bilevel_rl_out/run-...)")
     run.add_argument("--resume", metavar="DIR", help="continue the run in DIR")
     run.add_argument("--quiet", action="store_true", help="no progress output")
+    multi = run.add_argument_group(
+        "multi-process (multi-host) runs",
+        "Start the same command in every process. Without --coordinator the "
+        "cluster is detected from the environment (SLURM, Open MPI, ...). Process 0 "
+        "writes --out (on a file system every process sees, for --resume).",
+    )
+    multi.add_argument(
+        "--distributed", action="store_true", help="join a jax.distributed run"
+    )
+    multi.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address")
+    multi.add_argument("--num-processes", type=positive_int, help="processes in all")
+    multi.add_argument("--process-id", type=nonnegative_int, help="this process")
     run.set_defaults(handler=cmd_run)
 
     config = sub.add_parser(
@@ -137,8 +149,36 @@ def _parse_assignments(option: str, items: list[str]) -> dict:
     return out
 
 
-def resolve_config(args: argparse.Namespace):
-    """``(config, folder, resumed)`` from the options; validates everything."""
+def join_processes(args: argparse.Namespace) -> bool:
+    """Runs ``jax.distributed.initialize`` for ``--distributed``; ``True`` in the
+    process that writes the outputs (process 0, or the only process)."""
+    options = {
+        "--coordinator": args.coordinator,
+        "--num-processes": args.num_processes,
+        "--process-id": args.process_id,
+    }
+    if not args.distributed:
+        given = [name for name, value in options.items() if value is not None]
+        if given:
+            raise UsageError(f"{given[0]}: only with --distributed")
+        return True
+    from bilevel_rl.distributed import initialize
+
+    try:
+        index, _ = initialize(*options.values())
+    except ValueError as err:
+        names = "--coordinator, --num-processes, --process-id"
+        raise UsageError(str(err).replace(
+            "coordinator_address, num_processes, process_id", names
+        ).replace("process_id:", "--process-id:")) from None  # fmt: skip
+    except RuntimeError as err:
+        raise UsageError(f"--distributed: cannot join the run ({err})") from None
+    return index == 0
+
+
+def resolve_config(args: argparse.Namespace, primary: bool = True):
+    """``(config, folder, resumed)`` from the options; validates everything.
+    Only the ``primary`` process checks and creates the output folder."""
     from bilevel_rl.config import ConfigError, load_config, make_config
 
     if args.resume is not None:
@@ -194,6 +234,8 @@ def resolve_config(args: argparse.Namespace):
         "bilevel_rl_out",
         f"run-{cfg.algorithm}-{cfg.suite}-{time.strftime('%Y%m%d-%H%M%S')}",
     )
+    if not primary:
+        return cfg, folder, False
     if os.path.exists(os.path.join(folder, "config.toml")):
         raise UsageError(
             f"--out: {folder!r} holds a run already; continue it with --resume "
@@ -209,7 +251,8 @@ def resolve_config(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    cfg, folder, resumed = resolve_config(args)
+    primary = join_processes(args)
+    cfg, folder, resumed = resolve_config(args, primary)
     import jax
 
     if cfg.dtype == "float64":
@@ -220,9 +263,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bilevel_rl.cli import outputs
     from bilevel_rl.config import build_problems, build_solver, to_toml
 
-    if not resumed:
+    if not resumed and primary:
         outputs.write_atomic(os.path.join(folder, "config.toml"), to_toml(cfg))
-    reporter = Reporter(cfg.iterations, "it", quiet=args.quiet)
+    reporter = Reporter(cfg.iterations, "it", quiet=args.quiet or not primary)
     reporter.message(
         f"{'resuming' if resumed else 'running'} {cfg.algorithm} on "
         f"{cfg.num_runs} {cfg.suite} runs -> {folder}"
@@ -271,6 +314,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         else None,
         "resumed_from": p.resumed_from if p else cfg.iterations,
     }
+    if not primary:
+        return 1 if (np.asarray(history["finite"]) == 0).any() else 0
     report = outputs.write(folder, cfg, problems, state, history, timing)
     _print_summary(report, folder)
     return 1 if report["diverged"] else 0
