@@ -157,6 +157,20 @@ def summary(values: np.ndarray) -> dict:
     return {"mean": values.mean(0).tolist(), "stderr": stderr.tolist()}
 
 
+def record(name, formulation, seconds, samples, ret, acc, **extra) -> dict:
+    """One method's entry of the result file (scores ``[B, T]``); prints a line."""
+    print(f"  {name:13s} {seconds:6.1f} s  return {ret[:, -1].mean():.3f}  "
+          f"accuracy {acc[:, -1].mean():.3f}", flush=True)  # fmt: skip
+    return {
+        "formulation": formulation,
+        "seconds": seconds,
+        "samples": samples,
+        "return": summary(ret),
+        "accuracy": summary(acc),
+        **extra,
+    }
+
+
 def rlhf_part(seeds: int, iters: int, beta: float) -> dict:
     keys = jax.random.split(jax.random.key(0), seeds)
     problems = jax.vmap(tabular_rlhf_problem)(keys)
@@ -189,17 +203,12 @@ def rlhf_part(seeds: int, iters: int, beta: float) -> dict:
         xs = jnp.asarray(hist["x"][:, grid])  # [B, T, d]
         rewards = jnp.einsum("bsad,btd->btsa", features, xs)
         ret, acc = (np.asarray(v) for v in score_rewards(problems, pairs, rewards))
-        out["methods"][name] = {
-            "formulation": "online",
-            "seconds": seconds,
-            "samples": None if per_iter is None else (per_iter * (grid + 1)).tolist(),
-            "return": summary(ret),
-            "accuracy": summary(acc),
-            "final_exact_f": summary(hist["exact_f"][:, -1]),
-            "finite": bool(np.all(hist["finite"])),
-        }
-        print(f"  {name:13s} {seconds:6.1f} s  return {ret[:, -1].mean():.3f}  "
-              f"accuracy {acc[:, -1].mean():.3f}", flush=True)  # fmt: skip
+        samples = None if per_iter is None else (per_iter * (grid + 1)).tolist()
+        out["methods"][name] = record(
+            name, "online", seconds, samples, ret, acc,
+            final_exact_f=summary(hist["exact_f"][:, -1]),
+            finite=bool(np.all(hist["finite"])),
+        )  # fmt: skip
     out["methods"].update(offline_methods(problems, pairs, keys, iters, grid))
     return out
 
@@ -231,16 +240,10 @@ def offline_methods(problems, pairs, keys, iters, grid):
         hist, seconds = timed_run(solver, aligned, keys, iters)
         rewards = jnp.asarray(hist["x"][:, grid])  # [B, T, S, A] tabular
         ret, acc = (np.asarray(v) for v in score_rewards(problems, pairs, rewards))
-        out[name] = {
-            "formulation": "offline",
-            "seconds": seconds,
-            "samples": [budget] * len(grid),
-            "return": summary(ret),
-            "accuracy": summary(acc),
-            "finite": bool(np.all(hist["finite"])),
-        }
-        print(f"  {name:13s} {seconds:6.1f} s  return {ret[:, -1].mean():.3f}  "
-              f"accuracy {acc[:, -1].mean():.3f}", flush=True)  # fmt: skip
+        out[name] = record(
+            name, "offline", seconds, [budget] * len(grid), ret, acc,
+            finite=bool(np.all(hist["finite"])),
+        )  # fmt: skip
 
     @jax.jit
     @jax.vmap
@@ -268,14 +271,10 @@ def offline_methods(problems, pairs, keys, iters, grid):
             if i < 2
             else np.full_like(r, np.nan)
         )
-        out[name] = {
-            "formulation": "offline (closed form / solver, no outer iterations)",
-            "seconds": seconds,
-            "samples": [budget] * len(grid),
-            "return": summary(r),
-            "accuracy": summary(a),
-        }
-        print(f"  {name:13s} return {r[:, -1].mean():.3f}", flush=True)
+        out[name] = record(
+            name, "offline (closed form / solver, no outer iterations)", seconds,
+            [budget] * len(grid), r, a,
+        )  # fmt: skip
     return out
 
 
