@@ -2,7 +2,7 @@
 
 One compiled program initializes the state (``init``) and one advances it by a
 segment of iterations (``lax.scan`` of ``step``); a batch of problems is
-``jax.vmap``-ed, chunked to the cache and sharded over local devices
+``jax.vmap``-ed, chunked to the cache and sharded over the devices of every process
 (:func:`bilevel_rl.distributed.batch_map`). Both programs are compiled ahead of time,
 once per process and shape, so their compile time is reported separately.
 
