@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bilevel_rl.mdp import TabularMDP
 from bilevel_rl.types import Array
@@ -67,6 +68,34 @@ def soft_q(mdp: TabularMDP, reward: Array, v: Array) -> Array:
     return reward + mdp.gamma * jnp.einsum("sat,t->sa", mdp.P, v)
 
 
+def logsumexp(logits: Array, axis: int = -1) -> Array:
+    """``log sum exp`` over ``axis``, shifted by the (finite) maximum.
+
+    The same value and gradient (the softmax) as ``jax.nn.logsumexp`` for real
+    inputs. The sum is written as a contraction with a constant vector of ones: XLA
+    on CPU fuses an ``exp`` that feeds a short reduction into the reduction loop and
+    evaluates it one element at a time, while a contraction is not fused, so the
+    ``exp`` runs in its own vectorized loop. Measured on the M-SoBiRL synthetic
+    problem (``S = 10``, ``A = 5``, float64, 2-core Xeon), batched sweeps are about
+    2x faster; an unbatched sweep inside a rolled loop is slower (the extra kernel
+    launch), so hot unbatched loops unroll their sweeps or keep the fused form
+    (:func:`soft_value_iteration`). On accelerators XLA turns the contraction with a
+    vector back into a fused reduction.
+
+    Args:
+        logits: any shape.
+        axis: the axis to reduce.
+
+    Returns:
+        ``logits`` without ``axis``.
+    """
+    shift = jnp.max(logits, axis=axis, keepdims=True)
+    shift = jax.lax.stop_gradient(jnp.where(jnp.isfinite(shift), shift, 0.0))
+    ones = np.ones(logits.shape[axis], logits.dtype)
+    total = jnp.tensordot(jnp.exp(logits - shift), ones, axes=(axis, 0))
+    return jnp.log(total) + jnp.squeeze(shift, axis)
+
+
 def _logits(mdp: TabularMDP, q: Array) -> Array:
     logits = q / mdp.tau
     if mdp.ref_policy is not None:
@@ -87,7 +116,7 @@ def soft_max(mdp: TabularMDP, q: Array) -> Array:
     Returns:
         ``[S]``.
     """
-    return mdp.tau * jax.nn.logsumexp(_logits(mdp, q), axis=-1)
+    return mdp.tau * logsumexp(_logits(mdp, q), axis=-1)
 
 
 def soft_policy(mdp: TabularMDP, q: Array) -> Array:
@@ -234,6 +263,8 @@ def soft_value_iteration(
 
         def step(v):
             q_t = reward_t + mdp.gamma * jnp.einsum("ast,t->as", P_ast, v)
+            # The fused reduction, not logsumexp's contraction: this loop is
+            # rolled, where the extra kernel would cost more than it saves.
             return mdp.tau * jax.nn.logsumexp(q_t / mdp.tau + shift, axis=0)
 
     else:

@@ -45,6 +45,24 @@ def numpy_soft_vi(P, r, gamma, tau, sweeps, log_pi0=None):
     return v
 
 
+@pytest.mark.parametrize("axis", [-1, 0])
+def test_logsumexp_equals_the_reference_with_its_gradient(axis):
+    """br.soft.logsumexp (sum as a contraction) == scipy and jax.nn, value and grad."""
+    rng = np.random.default_rng(3)
+    logits = rng.normal(scale=30.0, size=(6, 5))
+    logits[1, 2] = -np.inf  # a zero-probability action (pi0 = 0)
+    logits[2] = 700.0 + rng.normal(size=5)  # exp would overflow unshifted
+    ours = br.soft.logsumexp(jnp.asarray(logits), axis=axis)
+    np.testing.assert_allclose(ours, np_logsumexp(logits, axis=axis), rtol=1e-14)
+    grad = jax.grad(lambda z: jnp.sum(br.soft.logsumexp(z, axis) ** 2))(logits)
+    ref = jax.grad(lambda z: jnp.sum(jax.nn.logsumexp(z, axis) ** 2))(logits)
+    np.testing.assert_allclose(grad, ref, rtol=1e-12, atol=1e-300)
+    special = jnp.array([[-jnp.inf, -jnp.inf], [jnp.inf, 0.0], [jnp.nan, 0.0]])
+    np.testing.assert_array_equal(
+        br.soft.logsumexp(special), jax.nn.logsumexp(special, axis=-1)
+    )
+
+
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("kl", [False, True])
 def test_fixed_point_policy_and_numpy_reference(method, kl):

@@ -41,6 +41,8 @@ from bilevel_rl.soft import soft_bellman_operator, soft_policy, soft_q
 from bilevel_rl.types import Array, PRNGKey, PyTree
 
 W0_CHOICES = ("normal", "zeros", "data")
+UNROLL = 16
+"""Inner sweeps per iteration of the (partially unrolled) inner loop."""
 
 
 class MSoBiRLState(NamedTuple):
@@ -167,15 +169,19 @@ def make(
         x = optax.apply_updates(state.x, updates)
         reward, reward_vjp = jax.vjp(problem.reward, x)
 
-        # N warm-started sweeps for the new reward, then the new policy.
-        def sweep(_, carry):
-            u, _ = carry
-            u_next = soft_bellman_operator(mdp, reward, u)
-            return u_next, jnp.max(jnp.abs(u_next - u))
-
-        v, inner_residual = jax.lax.fori_loop(
-            0, inner_steps, sweep, (state.v, jnp.zeros((), state.v.dtype))
+        # N warm-started sweeps for the new reward, then the new policy. The loop
+        # runs UNROLL sweeps per iteration (all of them for N <= UNROLL + 1): a
+        # sweep is a handful of small kernels and the loop's own bookkeeping
+        # per iteration costs about as much again at batch 1.
+        u = jax.lax.fori_loop(
+            0,
+            inner_steps - 1,
+            lambda _, u: soft_bellman_operator(mdp, reward, u),
+            state.v,
+            unroll=UNROLL,
         )
+        v = soft_bellman_operator(mdp, reward, u)
+        inner_residual = jnp.max(jnp.abs(v - u))
         pi = soft_policy(mdp, soft_q(mdp, reward, v))  # pĩ = pi for k >= 1
         g_hat, w, f, adj = estimate(problem, x, reward, reward_vjp, v, state.w, pi, pi)
         new_state = MSoBiRLState(
