@@ -9,7 +9,7 @@ from bilevel_rl import (
     sampling,
     suites,
 )
-from bilevel_rl.distributed import solve_batch
+from bilevel_rl.batched import solve_batch
 from bilevel_rl.hypergrad import (
     HYPERGRADIENT_METHODS,
     hypergradient,
@@ -57,6 +57,7 @@ __all__ = [
     "alignment",
     "broadcast",
     "estimators",
+    "experiment",
     "objectives",
     "occupancy_measure",
     "policy_mirror_descent_step",
@@ -75,3 +76,13 @@ __all__ = [
     "suites",
     "unstack",
 ]
+
+
+def __getattr__(name):
+    # The experiment layer (runner, configuration, checkpoints) loads on first use,
+    # so that importing the algorithms does not import checkpoint or CLI code.
+    if name == "experiment":
+        import importlib
+
+        return importlib.import_module("bilevel_rl.experiment")
+    raise AttributeError(f"module 'bilevel_rl' has no attribute {name!r}")

@@ -1,4 +1,6 @@
-"""Alignment from demonstrations and preferences: SFT, RLHF, DPO and AIHF (MATH.md §7).
+"""Alignment from demonstrations and preferences: SFT, RLHF, DPO, AIHF (math §6).
+
+Sections cited as "math §n" are those of docs/math.md.
 
 Tabular data are sufficient statistics, so that a batch of data sets is a batch of
 arrays (``jax.vmap`` over repeats):

@@ -1,4 +1,4 @@
-"""Model-free hyper-gradients of trajectory upper levels (MATH.md §4–5).
+"""Model-free hyper-gradients of trajectory upper levels (docs/math.md §4–5).
 
 Upper objective ``f(x, pi) = E_{xi ~ rho(pi; M_u)}[l(xi; x)]`` over tuples ``xi =
 (tau_1..tau_m)`` of ``H``-step trajectories of the upper MDP ``M_u`` (own ``P_u``,
@@ -22,25 +22,30 @@ Sizes ``H, m, D, E, L`` are static; everything jits and vmaps.
 References:
     Yang, Gao, Yuan, "Bilevel Reinforcement Learning via the Development of
     Hyper-gradient without Lower-Level Convexity", AISTATS 2025, Props. 5.1–5.2,
-    Algorithms 1 and 3; MATH.md §4–5.
+    Algorithms 1 and 3; docs/math.md §4–5.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from bilevel_rl.enumeration import (
+    MAX_ENUMERATED_TUPLES,
+    check_count,
+    check_mdps,
+    enumerate_tuples,
+    expected_trajectory_loss,
+)
 from bilevel_rl.hypergrad import adjoint_weights, q_value_jacobian, value_jacobian
 from bilevel_rl.implicit import DEFAULT_MAX_ITERS, DEFAULT_TOL
 from bilevel_rl.mdp import TabularMDP
-from bilevel_rl.sampling import Trajectories, rollout, rollout_from
+from bilevel_rl.sampling import rollout, rollout_from
 from bilevel_rl.soft import soft_value_iteration
 from bilevel_rl.types import Array, PRNGKey, PyTree
+from bilevel_rl.types import BoundRewardFn as RewardFn
+from bilevel_rl.types import BoundTrajectoryLoss as TrajectoryLoss
 
 __all__ = [
     "MAX_ENUMERATED_TUPLES",
@@ -50,31 +55,6 @@ __all__ = [
     "sampled_hypergradient",
     "sampled_outer_hypergradient",
 ]
-
-TrajectoryLoss = Callable[[PyTree, Trajectories], Array]
-RewardFn = Callable[[PyTree], Array]
-
-MAX_ENUMERATED_TUPLES = 2**21
-"""Largest number ``(S A)^(H m)`` of tuples :func:`enumerate_tuples` accepts."""
-
-
-def _check_count(name: str, value) -> int:
-    is_int = isinstance(value, int | np.integer) and not isinstance(value, bool)
-    if not is_int or value < 1:
-        raise ValueError(f"{name}: must be a static Python int >= 1, got {value!r}")
-    return int(value)
-
-
-def _check_mdps(mdp: TabularMDP, upper_mdp: TabularMDP | None, policy) -> TabularMDP:
-    shape = mdp.P.shape[-3:-1]
-    if policy is not None and jnp.shape(policy) != shape:
-        raise ValueError(f"policy: expected shape {shape}, got {jnp.shape(policy)}")
-    if upper_mdp is not None and upper_mdp.P.shape != mdp.P.shape:
-        raise ValueError(
-            f"upper_mdp: P must have the shape of mdp.P {mdp.P.shape}, "
-            f"got {upper_mdp.P.shape}"
-        )
-    return mdp if upper_mdp is None else upper_mdp
 
 
 def _losses_and_vjp(loss: TrajectoryLoss, reward_fn: RewardFn, x, tuples):
@@ -97,85 +77,14 @@ def _visit_table(trajs_states, trajs_actions, weights, num_states, num_actions):
 def _sampled_losses(key, loss, reward_fn, x, mdp, upper_mdp, policy, sizes):
     """Validates ``sizes = (H, m, D)``, draws ``D`` tuples of ``M_u`` with the
     first half of ``key`` (fields ``[D, m, H]``) and evaluates their losses."""
-    upper_mdp = _check_mdps(mdp, upper_mdp, policy)
+    upper_mdp = check_mdps(mdp, upper_mdp, policy)
     names = ("horizon", "num_trajectories", "num_samples")
-    H, m, D = (_check_count(name, v) for name, v in zip(names, sizes))
+    H, m, D = (check_count(name, v) for name, v in zip(names, sizes))
     key_outer, key_inner = jax.random.split(key)
     trajs = rollout(key_outer, upper_mdp, policy, horizon=H, num_trajectories=D * m)
     tuples = jax.tree.map(lambda a: a.reshape((D, m) + a.shape[1:]), trajs)
     losses, pullback = _losses_and_vjp(loss, reward_fn, x, tuples)
     return key_inner, tuples, losses, pullback
-
-
-def enumerate_tuples(
-    mdp: TabularMDP, policy: Array, *, horizon: int, num_trajectories: int = 1
-) -> tuple[Trajectories, Array]:
-    """Every tuple of ``m`` ``H``-step trajectories with its probability.
-
-    ``p(s_0, a_0, .., a_{H-1}) = rho(s_0) prod_t pi(a_t|s_t) prod_{t<H-1}
-    P(s_{t+1}|s_t, a_t)`` (``s_H`` is marginalized out: ``final_states`` is 0); a
-    tuple's is the product over its ``m`` trajectories. Polynomials in ``policy``,
-    ``mdp.P``, ``mdp.rho``: differentiable.
-
-    Args:
-        mdp: the MDP generating the trajectories (``M_u``).
-        policy: ``[S, A]``.
-        horizon, num_trajectories: ``H`` and ``m`` (static).
-
-    Returns:
-        ``(tuples, probs)``: :class:`~bilevel_rl.sampling.Trajectories` with fields
-        ``[N, m, H]`` (``final_states: [N, m]``) and ``probs: [N]`` summing to one,
-        ``N = (S A)^(H m)``.
-
-    Raises:
-        ValueError: a size not an int ``>= 1``, or ``N > MAX_ENUMERATED_TUPLES``.
-    """
-    horizon = _check_count("horizon", horizon)
-    m = _check_count("num_trajectories", num_trajectories)
-    _check_mdps(mdp, None, policy)
-    S, A = mdp.P.shape[-3:-1]
-    if (S * A) ** (horizon * m) > MAX_ENUMERATED_TUPLES:
-        raise ValueError(
-            f"horizon: enumerating (S A)^(H m) = {S * A}^{horizon * m} tuples "
-            f"exceeds MAX_ENUMERATED_TUPLES = {MAX_ENUMERATED_TUPLES}"
-        )
-    pairs = np.array(list(itertools.product(range(S * A), repeat=horizon)))
-    s1, a1 = (pairs // A).astype(np.int32), (pairs % A).astype(np.int32)  # [n1, H]
-    prob1 = mdp.rho[s1[:, 0]] * jnp.prod(policy[s1, a1], axis=-1)
-    prob1 = prob1 * jnp.prod(mdp.P[s1[:, :-1], a1[:, :-1], s1[:, 1:]], axis=-1)
-    index = np.array(list(itertools.product(range(len(pairs)), repeat=m)))  # [N, m]
-    states, actions = jnp.asarray(s1[index]), jnp.asarray(a1[index])
-    log_probs = jnp.log(policy[states, actions])
-    trajs = Trajectories(states, actions, log_probs, jnp.zeros(index.shape, jnp.int32))
-    return trajs, jnp.prod(prob1[index], axis=-1)
-
-
-def expected_trajectory_loss(
-    loss: TrajectoryLoss,
-    x: PyTree,
-    policy: Array,
-    mdp: TabularMDP,
-    *,
-    horizon: int,
-    num_trajectories: int = 1,
-) -> Array:
-    """Exact ``f(x, pi) = E_{xi ~ rho(pi; M_u)}[l(xi; x)]`` by enumeration.
-
-    Differentiable in ``x`` and ``policy`` (a polynomial in the policy's entries),
-    so ``hypergradient(lambda x, pi: expected_trajectory_loss(loss, x, pi, ...),
-    reward_fn, x, mdp)`` is the model-based reference for Prop. 5.2.
-
-    Args:
-        loss: ``loss(x, trajs) -> []`` with ``trajs`` fields ``[m, H]``.
-        x: leader variable (pytree).
-        policy, mdp, horizon, num_trajectories: as in :func:`enumerate_tuples`.
-
-    Returns:
-        ``[]``. Raises ``ValueError`` as :func:`enumerate_tuples`.
-    """
-    m = num_trajectories
-    tuples, probs = enumerate_tuples(mdp, policy, horizon=horizon, num_trajectories=m)
-    return jnp.sum(probs * jax.vmap(loss, in_axes=(None, 0))(x, tuples))
 
 
 def _truncated_value_jacobians(mdp, reward_fn, x, policy, length):
@@ -237,11 +146,11 @@ def exact_trajectory_hypergradient(
             or ``upper_mdp`` shape.
 
     References:
-        SoBiRL (Yang et al., AISTATS 2025) Props. 5.1–5.2; MATH.md §4.
+        SoBiRL (Yang et al., AISTATS 2025) Props. 5.1–5.2; docs/math.md §4.
     """
-    upper_mdp = _check_mdps(mdp, upper_mdp, policy)
+    upper_mdp = check_mdps(mdp, upper_mdp, policy)
     if rollout_length is not None:
-        rollout_length = _check_count("rollout_length", rollout_length)
+        rollout_length = check_count("rollout_length", rollout_length)
     if policy is None:
         sol = soft_value_iteration(mdp, reward_fn(x), tol=tol, max_iters=max_iters)
         policy = sol.policy
@@ -307,7 +216,7 @@ def sampled_outer_hypergradient(
 
     References:
         SoBiRL (Yang et al., AISTATS 2025) Props. 5.1–5.2, Algorithm 1, eq. 14;
-        MATH.md §4.
+        docs/math.md §4.
     """
     sizes = (horizon, num_trajectories, num_samples)
     _, tuples, losses, pullback = _sampled_losses(
@@ -371,10 +280,10 @@ def sampled_hypergradient(
 
     References:
         SoBiRL (Yang et al., AISTATS 2025) Section 6, Algorithm 3, Appendix I
-        (eqs. 78–80, Lemma I.1); MATH.md §5 (symbols D, E, L [reconstructed]).
+        (eqs. 78–80, Lemma I.1); docs/math.md §5 (symbols D, E, L [reconstructed]).
     """
-    E = _check_count("num_rollouts", num_rollouts)
-    L = _check_count("rollout_length", rollout_length)
+    E = check_count("num_rollouts", num_rollouts)
+    L = check_count("rollout_length", rollout_length)
     sizes = (horizon, num_trajectories, num_samples)
     key_inner, tuples, losses, pullback = _sampled_losses(
         key, loss, reward_fn, x, mdp, upper_mdp, policy, sizes

@@ -1,6 +1,6 @@
-"""Model-based hyper-gradients of ``phi(x) = f(x, pi*_x)`` (MATH.md §2, §4).
+"""Model-based hyper-gradients of ``phi(x) = f(x, pi*_x)`` (docs/math.md §2, §4).
 
-Four computations of the same derivative (the verification triangle of MATH.md §2):
+Four computations of the same derivative (the verification triangle of docs/math.md §2):
 
 * ``"closed_form"``: the explicit adjoint formula (``u``, ``z``, ``w``) and one VJP of
   the reward model at cotangent ``w``; no ``custom_vjp``.
@@ -14,14 +14,13 @@ Plus the exact tabular Jacobians of Prop. 5.1: :func:`q_value_jacobian` and
 :func:`value_jacobian`.
 
 References:
-    MATH.md §2 (adjoint form, SoBiRL eq. 24, verification triangle); MATH.md §4,
-    Prop. 5.1. Yang, Gao, Yuan, "Bilevel Reinforcement Learning via the Development
-    of Hyper-gradient without Lower-Level Convexity", AISTATS 2025, eq. 24.
+    docs/math.md §2 (adjoint form, SoBiRL eq. 24, verification triangle);
+    docs/math.md §4, Prop. 5.1. Yang, Gao, Yuan, "Bilevel Reinforcement Learning
+    via the Development of Hyper-gradient without Lower-Level Convexity", AISTATS
+    2025, eq. 24.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -35,13 +34,18 @@ from bilevel_rl.implicit import (
     soft_optimal_policy,
 )
 from bilevel_rl.mdp import TabularMDP
-from bilevel_rl.soft import soft_value_iteration, soft_value_iteration_unrolled
-from bilevel_rl.types import Array, PyTree
+from bilevel_rl.soft import (
+    SoftSolution,
+    soft_value_iteration,
+    soft_value_iteration_unrolled,
+)
+from bilevel_rl.types import Array, BoundRewardFn, BoundUpperFn, PyTree
 
 __all__ = [
     "HYPERGRADIENT_METHODS",
     "adjoint_weights",
     "hypergradient",
+    "hypergradient_and_solution",
     "q_value_jacobian",
     "value_and_hypergradient",
     "value_jacobian",
@@ -52,9 +56,6 @@ HYPERGRADIENT_METHODS = ("closed_form", "implicit", "unrolled", "eq24")
 
 DEFAULT_NUM_UNROLLED = 100
 
-UpperFn = Callable[[PyTree, Array], Array]
-RewardFn = Callable[[PyTree], Array]
-
 
 def _tree_add(a: PyTree, b: PyTree) -> PyTree:
     return jax.tree.map(jnp.add, a, b)
@@ -63,8 +64,9 @@ def _tree_add(a: PyTree, b: PyTree) -> PyTree:
 def _at_solution(upper, reward_fn, x, mdp, tol, max_iters, solver_method):
     """Solves the lower level and differentiates ``f`` at ``(x, pi*_x)``.
 
-    Returns ``f``, ``grad_x f``, ``g = grad_pi f``, ``pi*`` and the VJP of
-    ``reward_fn`` at ``x`` (taking an ``[S, A]`` cotangent).
+    Returns ``f``, ``grad_x f``, ``g = grad_pi f``, the solution (``pi*`` and its
+    residual) and the VJP of ``reward_fn`` at ``x`` (taking an ``[S, A]``
+    cotangent).
     """
     reward, reward_vjp = jax.vjp(reward_fn, x)
     sol = soft_value_iteration(
@@ -76,24 +78,48 @@ def _at_solution(upper, reward_fn, x, mdp, tol, max_iters, solver_method):
     def jt(cotangent):
         return reward_vjp(cotangent.astype(reward.dtype))[0]
 
-    return f, grad_x, grad_policy, policy, jt
+    return f, grad_x, grad_policy, sol._replace(policy=policy), jt
 
 
-def _closed_form(upper, reward_fn, x, mdp, tol, max_iters, solver_method, adjoint):
-    f, grad_x, grad_policy, policy, jt = _at_solution(
+def hypergradient_and_solution(
+    upper: BoundUpperFn,
+    reward_fn: BoundRewardFn,
+    x: PyTree,
+    mdp: TabularMDP,
+    *,
+    tol: float = DEFAULT_TOL,
+    max_iters: int = DEFAULT_MAX_ITERS,
+    solver_method: str = "value_iteration",
+    adjoint: str = "auto",
+) -> tuple[Array, PyTree, SoftSolution]:
+    """``(phi(x), grad phi(x), solution)`` by the closed form of docs/math.md §2.
+
+    As :func:`value_and_hypergradient` with ``method="closed_form"``, and also the
+    follower's :class:`~bilevel_rl.soft.SoftSolution` (policy, residual, ...).
+    """
+    f, grad_x, grad_policy, sol, jt = _at_solution(
         upper, reward_fn, x, mdp, tol, max_iters, solver_method
     )
     w = adjoint_weights(
-        mdp, policy, grad_policy, adjoint=adjoint, tol=tol, max_iters=max_iters
+        mdp, sol.policy, grad_policy, adjoint=adjoint, tol=tol, max_iters=max_iters
     )
-    return f, _tree_add(grad_x, jt(w))
+    return f, _tree_add(grad_x, jt(w)), sol
+
+
+def _closed_form(upper, reward_fn, x, mdp, tol, max_iters, solver_method, adjoint):
+    f, grad, _ = hypergradient_and_solution(
+        upper, reward_fn, x, mdp, tol=tol, max_iters=max_iters,
+        solver_method=solver_method, adjoint=adjoint,
+    )  # fmt: skip
+    return f, grad
 
 
 def _eq24(upper, reward_fn, x, mdp, tol, max_iters, solver_method):
     """SoBiRL eq. 24, written with the explicit ``U`` matrix and a dense solve."""
-    f, grad_x, grad_policy, policy, jt = _at_solution(
+    f, grad_x, grad_policy, sol, jt = _at_solution(
         upper, reward_fn, x, mdp, tol, max_iters, solver_method
     )
+    policy = sol.policy
     S, A = policy.shape
     eye = jnp.eye(S, dtype=policy.dtype)
     # U[(s, a), s'] = 1{s = s'} - gamma P(s'|s, a)
@@ -108,8 +134,8 @@ def _eq24(upper, reward_fn, x, mdp, tol, max_iters, solver_method):
 
 
 def value_and_hypergradient(
-    upper: UpperFn,
-    reward_fn: RewardFn,
+    upper: BoundUpperFn,
+    reward_fn: BoundRewardFn,
     x: PyTree,
     mdp: TabularMDP,
     *,
@@ -165,8 +191,8 @@ def value_and_hypergradient(
 
 
 def hypergradient(
-    upper: UpperFn,
-    reward_fn: RewardFn,
+    upper: BoundUpperFn,
+    reward_fn: BoundRewardFn,
     x: PyTree,
     mdp: TabularMDP,
     *,
@@ -212,7 +238,7 @@ def hypergradient(
             ``num_unrolled < 0``, ``tol < 0`` or ``max_iters < 1``.
 
     References:
-        MATH.md §2 (closed form, eq. 24, verification triangle); SoBiRL (Yang et
+        docs/math.md §2 (closed form, eq. 24, verification triangle); SoBiRL (Yang et
         al., AISTATS 2025) eq. 24.
     """
     return value_and_hypergradient(
@@ -232,7 +258,9 @@ def hypergradient(
 # ------------------------------------------------------------- Prop. 5.1 Jacobians
 
 
-def _value_jacobians(mdp: TabularMDP, reward_fn: RewardFn, x: PyTree, policy: Array):
+def _value_jacobians(
+    mdp: TabularMDP, reward_fn: BoundRewardFn, x: PyTree, policy: Array
+):
     flat_x, unravel = ravel_pytree(x)
     S, A = policy.shape
     # Jacobian J: [S, A, N]; forward mode when there are fewer parameters than
@@ -248,7 +276,7 @@ def _value_jacobians(mdp: TabularMDP, reward_fn: RewardFn, x: PyTree, policy: Ar
 
 
 def q_value_jacobian(
-    mdp: TabularMDP, reward_fn: RewardFn, x: PyTree, policy: Array
+    mdp: TabularMDP, reward_fn: BoundRewardFn, x: PyTree, policy: Array
 ) -> PyTree:
     """Exact ``dQ*/dx = (I - gamma P Pi)^{-1} J`` of the soft-optimal Q-values.
 
@@ -268,19 +296,19 @@ def q_value_jacobian(
         A pytree like ``x`` whose leaves have shape ``[S, A, *leaf.shape]``.
 
     References:
-        MATH.md §4, Prop. 5.1 (tabular case); MATH.md §2.
+        docs/math.md §4, Prop. 5.1 (tabular case); docs/math.md §2.
     """
     return _value_jacobians(mdp, reward_fn, x, policy)[0]
 
 
 def value_jacobian(
-    mdp: TabularMDP, reward_fn: RewardFn, x: PyTree, policy: Array
+    mdp: TabularMDP, reward_fn: BoundRewardFn, x: PyTree, policy: Array
 ) -> PyTree:
     """Exact ``dV*/dx = sum_a pi*(a|.) dQ*(., a)/dx``; leaves ``[S, *leaf.shape]``.
 
     Arguments as in :func:`q_value_jacobian`.
 
     References:
-        MATH.md §4, Prop. 5.1.
+        docs/math.md §4, Prop. 5.1.
     """
     return _value_jacobians(mdp, reward_fn, x, policy)[1]

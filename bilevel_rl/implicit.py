@@ -1,4 +1,6 @@
-"""The differentiable soft solver: implicit differentiation by the adjoint (MATH.md §2).
+"""The differentiable soft solver: implicit differentiation by the adjoint.
+
+The adjoint is that of docs/math.md §2.
 
 :func:`soft_optimal_solution` runs the tolerance-based solver of
 :func:`bilevel_rl.soft.soft_value_iteration` (a ``lax.while_loop``, which reverse
@@ -12,16 +14,15 @@ gives every cotangent: ``reward -> w``, ``P[s, a, s'] -> gamma w(s, a) V*(s')``,
 soft maximum and the softmax at fixed ``Q*`` (``dV*(s)/dtau = -KL(pi*(.|s) || pi0)``,
 ``dV*(s)/dpi0(a|s) = tau pi*(a|s) / pi0(a|s)``, policy logits ``Q*/tau + log pi0``),
 both for the direct read-out of ``v``/``policy`` and inside the fixed-point map.
-The ``gamma``/``tau``/``pi0`` terms are not spelled out in MATH.md; they are taken by
-``jax.vjp`` of the explicit one-step map at ``Q*`` and checked against unrolled
+The ``gamma``/``tau``/``pi0`` terms are not spelled out in docs/math.md; they are taken
+by ``jax.vjp`` of the explicit one-step map at ``Q*`` and checked against unrolled
 differentiation and finite differences (tests/test_hypergrad.py). The
 ``S A x S A`` system is solved in V-space as an ``S x S`` one
 (:func:`adjoint_weights`, the single implementation of the adjoint, shared with the
 closed-form hyper-gradient of :mod:`bilevel_rl.hypergrad`).
 
 References:
-    MATH.md §2 (closed-form adjoint hyper-gradient); DESIGN.md (custom_vjp
-    convention).
+    docs/math.md §2 (closed-form adjoint hyper-gradient).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from bilevel_rl.soft import (
     METHODS,
     ROUNDOFF_FACTOR,
     SoftSolution,
+    check_inputs,
     soft_max,
     soft_policy,
     soft_q,
@@ -51,17 +53,15 @@ constant mode deflated), ``"auto"`` (see :data:`DENSE_ADJOINT_MAX_STATES`)."""
 DENSE_ADJOINT_MAX_STATES = 2048
 """``adjoint="auto"`` uses the dense solve for ``S <= DENSE_ADJOINT_MAX_STATES``.
 
-Measured on a shared 2-core CPU, float64, ``A = 4``, ``tol = 1e-10`` (one
-adjoint solve, median/min of 5-7 runs; noisy): the dense solve takes ~0.1 ms at
-``S = 64``, 4-20 ms at 512, 20-150 ms at 1024, 100-500 ms at 2048 and 0.6-1.2 s at
-4096. The iterative solve needs ~10-20 sweeps on fast-mixing MDPs (random,
-Garnet: 1-15 ms at ``S = 512``, 15-60 ms at 1024, ~0.1-0.25 s at 2048) but up to
-``log(tol) / log(gamma)`` sweeps on slow-mixing ones (a ring with ``gamma = 0.99``:
-~2000 sweeps, 0.6 s at 512, 2 s at 1024, 4-6 s at 2048, ~20 s at 4096). Dense is
-exact and insensitive to mixing, and stays below ~0.5 s up to ``S = 2048``;
-beyond, its ``O(S^3)`` cost grows faster than the forward solver's ``O(k S^2 A)``
-while the iterative adjoint costs at most about ``1 / A`` of a value-iteration
-forward pass. Pass ``adjoint="iterative"`` explicitly for large fast-mixing MDPs.
+The dense solve is exact, costs ``O(S^3)`` and does not depend on how fast the
+MDP mixes. The iterative solve costs ``O(k S^2)`` with ``k`` transposed sweeps:
+few on fast-mixing MDPs (random, Garnet) but up to ``log(tol) / log(gamma)`` on
+slow-mixing ones (rings, ``gamma`` near 1), and at most about ``1 / A`` of a
+value-iteration forward pass. Up to this size the dense solve costs less than the
+iterative one on slow-mixing MDPs; beyond it its cubic cost dominates the forward
+solve (both measured by ``benchmarks/hypergrad.py``: ``adjoint_only_dense`` and
+``adjoint_only_iterative`` in ``benchmarks/results/hypergrad.json``). Pass
+``adjoint="iterative"`` explicitly for large fast-mixing MDPs.
 """
 
 DEFAULT_TOL = 1e-10
@@ -183,10 +183,11 @@ def adjoint_weights(
         ValueError: unknown ``adjoint``.
 
     References:
-        MATH.md §2, "Closed-form hyper-gradient (the adjoint form)".
+        docs/math.md §2, "Closed-form hyper-gradient (the adjoint form)".
     """
     if adjoint not in ADJOINTS:
         raise ValueError(f"adjoint: must be one of {ADJOINTS}, got {adjoint!r}")
+    check_inputs(mdp, policy=policy, q=grad_policy, v=grad_v)
     centered = grad_policy - jnp.sum(policy * grad_policy, axis=-1, keepdims=True)
     u = policy * centered / mdp.tau
     if grad_q is not None:
@@ -286,11 +287,12 @@ def soft_optimal_solution(
             ``max_iters < 1``.
 
     References:
-        MATH.md §2 (the adjoint ``w``, ``dphi/dP = gamma w V*``, ``dphi/dr = w``).
+        docs/math.md §2 (the adjoint ``w``, ``dphi/dP = gamma w V*``, ``dphi/dr = w``).
     """
     check_solver_options(tol, max_iters, method, adjoint)
     reward = jnp.asarray(reward)
     reward = reward.astype(jnp.result_type(mdp.P.dtype, reward.dtype))
+    check_inputs(mdp, reward=reward)
     return _solve(float(tol), int(max_iters), method, adjoint, mdp, reward)
 
 
@@ -306,11 +308,11 @@ def soft_optimal_policy(
     """``[S, A]`` soft-optimal policy ``pi*``, differentiable w.r.t. reward and mdp.
 
     ``jax.grad(lambda x: f(x, soft_optimal_policy(mdp, reward_fn(x))))`` is the
-    exact hyper-gradient of MATH.md §2. Arguments as in
+    exact hyper-gradient of docs/math.md §2. Arguments as in
     :func:`soft_optimal_solution`.
 
     References:
-        MATH.md §2.
+        docs/math.md §2.
     """
     return soft_optimal_solution(
         mdp, reward, tol=tol, max_iters=max_iters, method=method, adjoint=adjoint

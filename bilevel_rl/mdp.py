@@ -36,7 +36,7 @@ class TabularMDP:
         gamma: ``[]`` discount factor in ``[0, 1)``.
         tau: ``[]`` regularization temperature, ``> 0``.
         ref_policy: ``[S, A]`` reference policy ``pi0`` of the KL-regularized variant
-            (MATH.md §1), or ``None`` for plain entropy regularization.
+            (docs/math.md §1), or ``None`` for plain entropy regularization.
 
     A batch adds a leading axis to every field (``P: [B, S, A, S]``, ``gamma: [B]``).
     Build validated instances with :meth:`create`; batch them with :func:`stack`.

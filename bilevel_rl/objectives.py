@@ -3,12 +3,12 @@
 Convention: ``upper(data, x, policy) -> []``, a pure function of explicit problem
 data, the leader variable ``x`` and the follower's policy ``policy: [S, A]``, so that
 it can be stored (static) in a :class:`bilevel_rl.BilevelProblem` and
-``jax.vmap``-ed over a batch of problems. The exact hyper-gradient of MATH.md §2
+``jax.vmap``-ed over a batch of problems. The exact hyper-gradient of docs/math.md §2
 needs ``f`` differentiable in both ``x`` and ``policy``.
 
-Sections: SoBiRL synthetic (MATH.md §3); incentive design (MATH.md §9.3);
+Sections: SoBiRL synthetic (docs/math.md §3); incentive design (docs/math.md §9);
 trajectory-level losses ``l(data, x, trajs)`` of the model-free upper level
-(MATH.md §4, see that section for their convention).
+(docs/math.md §4, see that section for their convention).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ __all__ = [
     "IncentiveData",
     "incentive_design",
     "sobirl_quadratic",
+    "target_reward",
     "target_visits",
 ]
 
@@ -50,7 +51,7 @@ def sobirl_quadratic(data: Any, x: Array, policy: Array) -> Array:
         ``[]`` objective value.
 
     References:
-        Yang, Gao, Yuan, AISTATS 2025, synthetic experiment; MATH.md §3.
+        Yang, Gao, Yuan, AISTATS 2025, synthetic experiment; docs/math.md §3.
     """
     del data
     return 0.5 * jnp.sum(x**2) + 0.5 * jnp.sum(policy**2)
@@ -61,18 +62,19 @@ def sobirl_quadratic(data: Any, x: Array, policy: Array) -> Array:
 
 @struct.dataclass
 class IncentiveData:
-    """Data of an incentive-design problem (e.g. Four-Rooms, MATH.md §9.3).
+    """Data of an incentive-design problem (e.g. Four-Rooms, docs/math.md §9).
 
     Attributes:
         mdp: the follower's MDP (the objective needs ``P``, ``rho`` and ``gamma`` for
-            the occupancy measure).
+            the occupancy measure); ``None`` when the problem passes its own
+            (:meth:`bilevel_rl.BilevelProblem.bound_data`).
         base_reward: ``[S, A]`` the follower's own reward, before incentives.
         target: ``[S]`` non-negative weights of the states the leader wants the
             follower to visit (one-hot on a single target cell).
         cost: ``[]`` weight ``lambda`` of the quadratic cost on incentives.
     """
 
-    mdp: TabularMDP
+    mdp: TabularMDP | None
     base_reward: Array
     target: Array
     cost: Array
@@ -100,6 +102,12 @@ def target_visits(data: IncentiveData, policy: Array) -> Array:
     return jnp.sum(data.target[:, None] * d) / (1.0 - data.mdp.gamma)
 
 
+def target_reward(data: IncentiveData) -> Array:
+    """``r_u(s, a) = target[s]``: the leader's per-step reward of an incentive
+    problem (HPGD's upper reward on Four-Rooms); ``[S, A]``."""
+    return jnp.broadcast_to(data.target[:, None], data.base_reward.shape)
+
+
 def incentive_design(data: IncentiveData, x: Array, policy: Array) -> Array:
     """Leader's loss: ``-target_visits(pi) + cost * ||x||^2`` (to be minimized).
 
@@ -117,7 +125,7 @@ def incentive_design(data: IncentiveData, x: Array, policy: Array) -> Array:
 
     References:
         Thoma et al., "Contextual Bilevel Reinforcement Learning for Incentive
-        Alignment" (HPGD), 2024, Four-Rooms experiment; MATH.md §9.3. The exact
+        Alignment" (HPGD), 2024, Four-Rooms experiment; docs/math.md §9. The exact
         leader objective here is our reconstruction (documented above).
     """
     return -target_visits(data, policy) + data.cost * jnp.sum(x**2)
@@ -128,7 +136,7 @@ def incentive_design(data: IncentiveData, x: Array, policy: Array) -> Array:
 # Convention: ``loss(data, x, trajs) -> []`` is the loss ``l(xi; x)`` of ONE tuple
 # ``xi = (tau_1, ..., tau_m)`` of ``H``-step trajectories, passed as a
 # :class:`bilevel_rl.sampling.Trajectories` whose fields are ``[m, H]``. The
-# upper objective is ``f(x, pi) = E_{xi ~ rho(pi; M_u)}[l(xi; x)]`` (MATH.md §4).
+# upper objective is ``f(x, pi) = E_{xi ~ rho(pi; M_u)}[l(xi; x)]`` (docs/math.md §4).
 # Losses read ``states``/``actions`` only (not ``final_states`` or ``log_probs``).
 # Bind the data with ``functools.partial(loss, data)`` to get the ``loss(x, trajs)``
 # that :mod:`bilevel_rl.estimators` takes.
@@ -145,7 +153,7 @@ __all__ += [
 
 @struct.dataclass
 class ShapingData:
-    """Data of the reward-shaping upper level (MATH.md §4).
+    """Data of the reward-shaping upper level (docs/math.md §4).
 
     Attributes:
         upper_reward: ``[S, A]`` the leader's reward ``r_u``.
@@ -172,7 +180,7 @@ def reward_shaping_loss(data: ShapingData, x: Any, trajs: Trajectories) -> Array
         ``[]`` loss.
 
     References:
-        Yang, Gao, Yuan, AISTATS 2025, Sections 3.3 and 5; MATH.md §4.
+        Yang, Gao, Yuan, AISTATS 2025, Sections 3.3 and 5; docs/math.md §4.
     """
     del x
     return -jnp.sum(trajectory_returns(trajs, data.upper_reward, data.gamma))
@@ -190,7 +198,7 @@ def reward_shaping_value(
     ``-m sum_{t<H} gamma^t sum_s mu_t(s) sum_a pi(a|s) r_u(s, a)`` with
     ``mu_0 = rho`` and ``mu_{t+1} = mu_t P_pi``: the policy-level upper objective
     whose trajectory form is :func:`reward_shaping_loss` (so the exact
-    hyper-gradient of MATH.md §2 applies to it). Differentiable in ``policy``.
+    hyper-gradient of docs/math.md §2 applies to it). Differentiable in ``policy``.
 
     Args:
         data: :class:`ShapingData`.
@@ -229,7 +237,7 @@ def bradley_terry_bce(
             the pair ``(tau_1, tau_2)``.
         labels: ``[]`` label or probability ``y`` that ``tau_1`` is preferred
             (hard ``{0, 1}`` or soft ``[0, 1]``).
-        discount: return discount (``1.0``: the plain sum of MATH.md §4).
+        discount: return discount (``1.0``: the plain sum of docs/math.md §4).
 
     Returns:
         ``[]`` loss.
@@ -241,14 +249,14 @@ def bradley_terry_bce(
 
 @struct.dataclass
 class PreferenceData:
-    """Data of the RLHF upper level (MATH.md §4, §9.4).
+    """Data of the RLHF upper level (docs/math.md §4, §9.4).
 
     Attributes:
         reward_data: what the reward model reads, ``reward_fn(reward_data, x)``.
         true_reward: ``[S, A]`` the labeller's hidden reward ``r*``.
         reward_fn: static reward model ``reward_fn(reward_data, x) -> [S, A]``
             (e.g. :func:`bilevel_rl.rewards.linear_reward`); a hashable function.
-        discount: ``[]`` return discount of ``R`` (``1.0`` in MATH.md §4).
+        discount: ``[]`` return discount of ``R`` (``1.0`` in docs/math.md §4).
     """
 
     reward_data: Any
@@ -278,7 +286,7 @@ def rlhf_bce_loss(data: PreferenceData, x: Any, trajs: Trajectories) -> Array:
 
     References:
         Yang, Gao, Yuan, AISTATS 2025, Sections 3.3 and 5; Christiano et al. 2017;
-        MATH.md §4.
+        docs/math.md §4.
     """
     true_returns = trajectory_returns(trajs, data.true_reward, data.discount)
     labels = jax.nn.sigmoid(true_returns[0] - true_returns[1])
@@ -310,7 +318,7 @@ def demo_log_likelihood(data: DemoData, x: Any, policy: Array) -> Array:
     """Negative AIHF demonstration term ``-alpha L1(pi)`` as an upper objective.
 
     ``L1(pi) = E_{tau ~ demos}[sum_t gamma^t log pi(a_t|s_t)]
-    = sum_{s,a} counts(s, a) log pi(a|s)`` (MATH.md §7); minimizing
+    = sum_{s,a} counts(s, a) log pi(a|s)`` (docs/math.md §6); minimizing
     ``-alpha L1`` over the leader's reward parameters through ``pi = pi*_x`` is the
     demonstration part of AIHF's bilevel objective. Entries of ``policy`` where
     ``counts`` is zero do not contribute (no ``0 * log 0`` NaN).
@@ -325,7 +333,7 @@ def demo_log_likelihood(data: DemoData, x: Any, policy: Array) -> Array:
 
     References:
         Li et al., "Joint Demonstration and Preference Learning Improves Policy
-        Alignment with Human Feedback", eq. (L1) and Lemma 5.1; MATH.md §7.
+        Alignment with Human Feedback", eq. (L1) and Lemma 5.1; docs/math.md §6.
     """
     del x
     safe = jnp.where(data.counts > 0, policy, 1.0)

@@ -29,7 +29,10 @@ class BilevelProblem:
     Attributes:
         mdp: the follower's MDP (``P: [S, A, S]``, or ``[B, S, A, S]`` for a batch).
         data: pytree of arrays the reward model and the upper objective read (e.g.
-            features, the SoBiRL matrix ``M``); batched like ``mdp``.
+            features, the SoBiRL matrix ``M``); batched like ``mdp``. A function
+            that needs the MDP reads ``data.mdp``: a ``data`` whose ``mdp`` field is
+            ``None`` receives ``mdp`` there when the functions are called
+            (:meth:`bound_data`), so the batch holds ``P`` once.
         x0: initial leader variable (any pytree of arrays).
         reward_fn: ``reward_fn(data, x) -> [S, A]`` (static).
         upper: ``upper(data, x, policy) -> []`` upper objective ``f`` (static).
@@ -38,7 +41,7 @@ class BilevelProblem:
         trajectory_loss: for the model-free algorithms (SoBiRL, Stoc-SoBiRL), the
             loss ``l(data, x, trajs) -> []`` of one tuple of ``num_trajectories``
             trajectories of ``horizon`` steps (``trajs`` fields ``[m, H]``), with
-            ``upper(data, x, pi) = E_{xi ~ rho(pi)}[l(data, x, xi)]`` (MATH.md §4);
+            ``upper(data, x, pi) = E_{xi ~ rho(pi)}[l(data, x, xi)]`` (docs/math.md §4);
             ``None`` when the problem has no trajectory form (static).
         horizon: ``H`` of the trajectory loss (static).
         num_trajectories: ``m`` trajectories per tuple (static).
@@ -56,13 +59,20 @@ class BilevelProblem:
     horizon: int = struct.field(pytree_node=False, default=0)
     num_trajectories: int = struct.field(pytree_node=False, default=1)
 
+    def bound_data(self) -> PyTree:
+        """``data`` as the functions see it: a ``data`` with an ``mdp`` field left
+        ``None`` receives this problem's MDP there (so a batch stores ``P`` once)."""
+        if getattr(self.data, "mdp", False) is None:
+            return self.data.replace(mdp=self.mdp)
+        return self.data
+
     def reward(self, x: PyTree) -> Array:
         """``[S, A]`` reward of leader variable ``x``."""
-        return self.reward_fn(self.data, x)
+        return self.reward_fn(self.bound_data(), x)
 
     def objective(self, x: PyTree, policy: Array) -> Array:
         """Upper objective ``f(x, policy)``; ``[]``."""
-        return self.upper(self.data, x, policy)
+        return self.upper(self.bound_data(), x, policy)
 
     def bind(self):
         """Returns ``(reward_fn(x), upper(x, policy))`` closures for one instance."""
@@ -70,4 +80,4 @@ class BilevelProblem:
 
     def loss(self, x: PyTree, trajs) -> Array:
         """Trajectory loss ``l(xi; x)`` of one tuple (needs ``trajectory_loss``)."""
-        return self.trajectory_loss(self.data, x, trajs)
+        return self.trajectory_loss(self.bound_data(), x, trajs)

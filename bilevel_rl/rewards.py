@@ -3,7 +3,7 @@
 Every model is a pure function ``reward_fn(data, x) -> [S, A]`` of explicit problem
 data and the leader variable, so that it can be stored (static) in a
 :class:`bilevel_rl.BilevelProblem` and ``jax.vmap``-ed over a batch of problems
-(MATH.md §2: ``r_x = reward_fn(x)``). ``data`` is whatever the model reads: nothing
+(docs/math.md §2: ``r_x = reward_fn(x)``). ``data`` is whatever the model reads: nothing
 (:func:`tabular_reward`), a feature tensor (:func:`linear_reward`,
 :func:`tanh_reward`) or a pytree with named fields (:func:`quadratic_form_reward`,
 :func:`state_incentive_reward`).
@@ -44,7 +44,7 @@ def tabular_reward(data: Any, x: Array) -> Array:
 
 
 def linear_reward(features: Array, x: Array) -> Array:
-    """Linear reward model ``r_x(s, a) = phi(s, a)^T x`` (MATH.md §9.2, §9.4).
+    """Linear reward model ``r_x(s, a) = phi(s, a)^T x`` (docs/math.md §9, §9.4).
 
     Args:
         features: ``[S, A, d]`` features ``phi``.
@@ -94,7 +94,7 @@ def _symmetric_quadratic_form_jvp(primals, tangents):
 
 
 def quadratic_form_reward(data: Any, x: Array) -> Array:
-    """SoBiRL synthetic reward ``r_x(s, a) = c[s, a] * x^T M x`` (MATH.md §3).
+    """SoBiRL synthetic reward ``r_x(s, a) = c[s, a] * x^T M x`` (docs/math.md §3).
 
     ``data.M`` must be symmetric: only the symmetric part of a quadratic form
     matters, and :func:`bilevel_rl.suites.sobirl_synthetic` stores
@@ -112,7 +112,7 @@ def quadratic_form_reward(data: Any, x: Array) -> Array:
     References:
         Yang, Gao, Yuan, "Bilevel Reinforcement Learning via the Development of
         Hyper-gradient without Lower-Level Convexity", AISTATS 2025, synthetic
-        experiment; MATH.md §3.
+        experiment; docs/math.md §3.
     """
     return data.c * symmetric_quadratic_form(data.M, x)
 
@@ -121,7 +121,7 @@ def state_incentive_reward(data: Any, x: Array) -> Array:
     """Base reward plus a per-state incentive: ``r_x(s, a) = base[s, a] + x[s]``.
 
     The leader pays ``x[s]`` to the follower on every visit to state ``s``,
-    whichever action it takes (Four-Rooms incentive design, MATH.md §9.3).
+    whichever action it takes (Four-Rooms incentive design, docs/math.md §9).
 
     Args:
         data: a pytree with field ``base_reward``: ``[S, A]`` (e.g.

@@ -1,5 +1,5 @@
 """Trajectory sampling: rollouts, generative-model rollouts, Bradley–Terry preference
-pairs and demonstrations on one tabular MDP (MATH.md §4, §5, §7).
+pairs and demonstrations on one tabular MDP (docs/math.md §4, §5, §7).
 
 Every function works on ONE MDP and one policy; batches of MDPs, policies or seeds
 come from ``jax.vmap``. Loops are ``lax.scan``; ``horizon``, ``num_trajectories`` and
@@ -9,7 +9,7 @@ Randomness: a ``jax.Array`` key is the first argument of every sampler and a sam
 is a deterministic function of it (one key per trajectory, one Gumbel noise vector per
 step; Gumbel-max on log-probabilities, as ``jax.random.categorical``). Re-using a key
 under another policy re-uses the noise (common random numbers), as Stoc-SoBiRL's
-momentum needs (MATH.md §5). Zero probabilities are ``-inf`` logits, never sampled.
+momentum needs (docs/math.md §5). Zero probabilities are ``-inf`` logits, never sampled.
 
 Conventions: a trajectory of horizon ``H`` is ``(s_0, a_0, ..., s_{H-1}, a_{H-1})``
 plus the final state ``s_H``; ``rewards`` is ``None`` unless a reward is passed.
@@ -113,7 +113,7 @@ def trajectory_returns(
     trajs: Trajectories, reward: Array, gamma: float | Array = 1.0
 ) -> Array:
     """``R(tau) = sum_t gamma^t r(s_t, a_t)`` per trajectory; differentiable in
-    ``reward`` (``R_x(tau)`` of MATH.md §4/§7 for a reward model ``r_x``).
+    ``reward`` (``R_x(tau)`` of docs/math.md §4/§7 for a reward model ``r_x``).
 
     Args:
         trajs: :class:`Trajectories` with fields ``[..., H]``.
@@ -211,7 +211,7 @@ def rollout_from(
     horizon: int,
     reward: Array | None = None,
 ) -> Trajectories:
-    """Generative-model rollouts: one ``H``-step trajectory per start (MATH.md §5).
+    """Generative-model rollouts: one ``H``-step trajectory per start (docs/math.md §5).
 
     Rollout ``i`` starts at ``states[i]`` with first action ``actions[i]`` (the
     ``dQ(s, a)`` rollouts of Algorithm 3) or, if ``actions`` is ``None``,
@@ -292,7 +292,7 @@ def preference_pairs(
 
     ``tau_1 ~ policy``, ``tau_2 ~ second_policy`` (default ``policy``), independent;
     ``y ~ Bernoulli(sigmoid(R(tau_1) - R(tau_2)))``, ``R(tau) = sum_t gamma^t r``
-    (MATH.md §4: ``gamma = 1``; AIHF §7: ``gamma = mdp.gamma``). Bandit action
+    (docs/math.md §4: ``gamma = 1``; AIHF §7: ``gamma = mdp.gamma``). Bandit action
     preferences are ``S = 1, horizon = 1``. The trajectories carry no rewards (the
     ground truth stays hidden); use :func:`trajectory_returns` to recompute them.
 

@@ -1,4 +1,4 @@
-"""Soft (entropy- or KL-regularized) Bellman operators and solvers (MATH.md §1).
+"""Soft (entropy- or KL-regularized) Bellman operators and solvers (docs/math.md §1).
 
 Every function works on ONE MDP and one reward; batches come from ``jax.vmap``
 (see :func:`bilevel_rl.solve_batch` for the jitted, chunked batch entry point).
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -75,11 +76,10 @@ def logsumexp(logits: Array, axis: int = -1) -> Array:
     inputs. The sum is written as a contraction with a constant vector of ones: XLA
     on CPU fuses an ``exp`` that feeds a short reduction into the reduction loop and
     evaluates it one element at a time, while a contraction is not fused, so the
-    ``exp`` runs in its own vectorized loop. Measured on the M-SoBiRL synthetic
-    problem (``S = 10``, ``A = 5``, float64, 2-core Xeon), a sweep over a chunk of 16
-    MDPs is about 2x faster; one MDP's sweep inside a rolled loop is slower (the
-    extra kernel launch), so M-SoBiRL unrolls its sweeps and
-    :func:`soft_value_iteration` keeps the fused form.
+    ``exp`` runs in its own vectorized loop. That pays off on a batch of MDPs; in a
+    rolled loop over one MDP the extra kernel costs more than it saves, so M-SoBiRL
+    unrolls its sweeps and :func:`soft_value_iteration` keeps the fused form (both
+    timed by ``benchmarks/soft_vi_throughput.py`` and ``msobirl_synthetic.py``).
 
     Args:
         logits: any shape.
@@ -131,6 +131,27 @@ def soft_bellman_operator(mdp: TabularMDP, reward: Array, v: Array) -> Array:
     return soft_max(mdp, soft_q(mdp, reward, v))
 
 
+def check_inputs(mdp: TabularMDP, **arrays: Array | None) -> None:
+    """Entry-point assertions (trace time, free under jit): every given array has
+    the shape of its name for this MDP (``reward``, ``policy``, ``q``: ``[S, A]``;
+    ``v``, ``init``: ``[S]``) and a floating dtype.
+
+    Raises:
+        AssertionError: naming the array, its shape and the expected one.
+    """
+    chex.assert_rank(mdp.P, 3)
+    S, A = mdp.P.shape[:2]
+    expected = {"reward": (S, A), "policy": (S, A), "q": (S, A), "v": (S,)}
+    expected["init"] = (S,)
+    for name, array in arrays.items():
+        if array is None:
+            continue
+        chex.assert_shape(
+            array, expected[name], custom_message=f"{name}: expected {expected[name]}"
+        )
+        chex.assert_type(array, float, custom_message=f"{name}: floating dtype")
+
+
 def _policy_matrices(mdp: TabularMDP, reward: Array, policy: Array):
     """``P_pi[s, s']``, and the regularized one-step reward ``r_pi - tau h_pi``."""
     P_pi = jnp.einsum("sa,sat->st", policy, mdp.P)
@@ -159,6 +180,7 @@ def soft_policy_evaluation(
     Returns:
         ``(v, q)`` with ``v: [S]`` and ``q: [S, A] = r + gamma P v``.
     """
+    check_inputs(mdp, reward=reward, policy=policy)
     P_pi, bonus = _policy_matrices(mdp, reward, policy)
     eye = jnp.eye(mdp.num_states, dtype=P_pi.dtype)
     v = jnp.linalg.solve(eye - mdp.gamma * P_pi, bonus)
@@ -178,6 +200,7 @@ def occupancy_measure(mdp: TabularMDP, policy: Array) -> Array:
     Returns:
         ``[S, A]``, non-negative, summing to one.
     """
+    check_inputs(mdp, policy=policy)
     P_pi = jnp.einsum("sa,sat->st", policy, mdp.P)
     eye = jnp.eye(mdp.num_states, dtype=P_pi.dtype)
     d_s = (1.0 - mdp.gamma) * jnp.linalg.solve((eye - mdp.gamma * P_pi).T, mdp.rho)
@@ -195,6 +218,7 @@ def _finish(mdp: TabularMDP, reward: Array, v: Array, iterations: Array):
 
 def _prepare(mdp: TabularMDP, reward: Array, init: Array | None):
     """Casts ``reward`` and the warm start ``init`` to the MDP's floating dtype."""
+    check_inputs(mdp, reward=jnp.asarray(reward, mdp.P.dtype), init=init)
     dtype = jnp.result_type(mdp.P.dtype, jnp.asarray(reward).dtype)
     reward = jnp.asarray(reward, dtype)
     if init is None:
@@ -254,8 +278,8 @@ def soft_value_iteration(
     if method == "value_iteration":
         # The sweep T(v) in an [A, S] layout: the logsumexp then reduces over the
         # leading axis (elementwise across S-vectors, SIMD-friendly) instead of a
-        # short minor axis. P is transposed once per solve, outside the loop; about
-        # 15% faster per sweep (benchmarks/soft_vi_throughput.py), same fixed point.
+        # short minor axis. P is transposed once per solve, outside the loop; same
+        # fixed point (timed in benchmarks/soft_vi_throughput.py).
         P_ast = jnp.swapaxes(mdp.P, 0, 1)  # [A, S, S]
         reward_t = reward.T  # [A, S]
         shift = 0.0 if mdp.ref_policy is None else jnp.log(mdp.ref_policy).T
@@ -263,8 +287,8 @@ def soft_value_iteration(
         def step(v):
             q_t = reward_t + mdp.gamma * jnp.einsum("ast,t->as", P_ast, v)
             # The fused reduction, not logsumexp's contraction: in this rolled loop
-            # the contraction's extra kernel makes one S=10, A=5 MDP 1.4x slower per
-            # sweep, and batches (B=256 or 1024) are no faster with it (measured).
+            # the contraction's extra kernel costs more than it saves (see
+            # logsumexp).
             return mdp.tau * jax.nn.logsumexp(q_t / mdp.tau + shift, axis=0)
 
     else:
@@ -329,7 +353,7 @@ def policy_mirror_descent_step(
     convergence is linear with rate ``1 - eta tau / (1 + eta tau) (1 - gamma)`` or
     better.
 
-    This is the inner rule of SoBiRL's Algorithm 1 as reconstructed in MATH.md §4
+    This is the inner rule of SoBiRL's Algorithm 1 as reconstructed in docs/math.md §4
     **[reconstructed inner rule]**.
 
     Args:

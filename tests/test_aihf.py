@@ -8,7 +8,7 @@ import optax
 import pytest
 
 from bilevel_rl import hypergradient, occupancy_measure, soft_optimal_policy
-from bilevel_rl.algorithms import aihf, drlhf, exact, run
+from bilevel_rl.algorithms import aihf, drlhf, exact
 from bilevel_rl.algorithms.aihf import lemma51_gradient
 from bilevel_rl.alignment import (
     AlignmentData,
@@ -21,6 +21,7 @@ from bilevel_rl.alignment import (
     sft_policy,
     total_variation,
 )
+from bilevel_rl.experiment import run
 from bilevel_rl.suites import aihf_gaussian_reward, bandit_mdp, dirichlet_mdp
 
 BANDIT = bandit_mdp(2, tau=1.0, dtype=jnp.float64)
@@ -58,7 +59,10 @@ def test_bandit_examples_exact(demos, prefs, sft, r_p, rlhf, aihf_pi1):
     assert closed == pytest.approx(aihf_pi1, abs=1e-15)
     problem = aihf_problem(BANDIT, data)
     step = 0.5 / (1.0 + float(data.alpha))
-    for solver in (exact.make(beta=step), aihf.make(eta=step, inner_steps=1)):
+    for solver in (
+        exact.make(optimizer={"learning_rate": step}),
+        aihf.make(optimizer={"learning_rate": step}, inner_steps=1),
+    ):
         state, hist = run(solver, problem, jax.random.key(0), 300)
         pi = soft_optimal_policy(BANDIT, state.x)
         assert float(pi[0, 0]) == pytest.approx(aihf_pi1, abs=1e-6)
@@ -91,10 +95,12 @@ def test_sampled_aihf_converges_to_the_exact_aihf_optimum():
     wins = jax.random.uniform(jax.random.key(2), (4, 2, 2)) * (1 - jnp.eye(2))
     data = AlignmentData(counts, wins / wins.sum(), jnp.asarray(0.1))
     problem = aihf_problem(mdp, data)
-    _, ref = run(exact.make(beta=3.0), problem, jax.random.key(0), 4000)
+    _, ref = run(
+        exact.make(optimizer={"learning_rate": 3.0}), problem, jax.random.key(0), 4000
+    )
     assert float(ref["exact_grad_norm"][-1]) < 1e-4  # an ill-conditioned valley
     schedule = optax.scale_by_schedule(lambda k: -3.0 / jnp.sqrt(1.0 + k / 100))
-    solver = aihf.make(optimizer=schedule, num_trajectories=64, horizon=60)
+    solver = aihf.make(optimizer=schedule, num_samples=64, horizon=60)
     keys = jax.random.split(jax.random.key(3), 4)
     problems = jax.tree.map(lambda a: jnp.stack([a] * 4), problem)
     _, hist = run(solver, problems, keys, 1000)
@@ -135,7 +141,7 @@ def test_numerical_example_2_aihf_beats_sft_and_rlhf():
 
     data, pi_sft, pi_rlhf = jax.vmap(estimates)(keys)
     problems = jax.vmap(lambda d: aihf_problem(mdp, d))(data)
-    state, _ = run(exact.make(beta=100.0), problems, keys, 200)
+    state, _ = run(exact.make(optimizer={"learning_rate": 100.0}), problems, keys, 200)
     pi_aihf = jax.vmap(lambda x: soft_optimal_policy(mdp, x))(state.x)
     tv = {
         name: np.asarray(jax.vmap(total_variation, (0, None))(pi, truth))
@@ -150,10 +156,12 @@ def test_numerical_example_2_aihf_beats_sft_and_rlhf():
 def test_drlhf_converges_to_the_two_stage_rlhf_solution():
     data = two_action_data((50, 50), (6, 4))
     problem = aihf_problem(BANDIT, data)
-    state, hist = run(drlhf.make(eta=2.0), problem, jax.random.key(0), 200)
+    state, hist = run(
+        drlhf.make(optimizer={"learning_rate": 2.0}), problem, jax.random.key(0), 200
+    )
     margin = float(state.x[0, 0] - state.x[0, 1])
     assert margin == pytest.approx(float(np.log(6 / 4)), abs=1e-6)  # BT MLE
-    assert float(state.policy[0, 0]) == pytest.approx(0.6, abs=1e-6)
+    assert float(state.follower.policy[0, 0]) == pytest.approx(0.6, abs=1e-6)
     # Not the AIHF optimum: the alternating scheme ignores the demonstrations.
     assert float(hist["exact_grad_norm"][-1]) > 1e-3
 
@@ -161,11 +169,15 @@ def test_drlhf_converges_to_the_two_stage_rlhf_solution():
 @pytest.mark.parametrize(
     "make, kwargs, message",
     [
-        (aihf.make, dict(eta=0.0), "eta: must be finite and > 0"),
-        (aihf.make, dict(num_trajectories=0), "num_trajectories: must be finite"),
+        (
+            aihf.make,
+            dict(optimizer={"learning_rate": 0.0}),
+            "optimizer.learning_rate: must be finite and > 0",
+        ),
+        (aihf.make, dict(num_samples=0), "num_samples: must be finite"),
         (aihf.make, dict(horizon=0), "horizon: must be finite and > 0"),
         (drlhf.make, dict(inner_steps=0), "inner_steps: must be finite and > 0"),
-        (drlhf.make, dict(pmd_eta=-1.0), "pmd_eta: must be finite and > 0"),
+        (drlhf.make, dict(policy_step=-1.0), "policy_step: must be finite and > 0"),
     ],
 )
 def test_bad_configuration(make, kwargs, message):

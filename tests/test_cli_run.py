@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from bilevel_rl.cli import main
-from bilevel_rl.config import load_config
+from bilevel_rl.experiment.config import load_config
 
 TINY = [
     "--batch", "3", "--iterations", "20", "--log-every", "5",
@@ -96,7 +96,7 @@ def test_seeds_repeat_instances_with_different_keys(tmp_path):
 
 def test_diverging_runs_exit_1_and_keep_finite_results(tmp_path, capsys):
     out = tmp_path / "o"
-    code = run_cli(*TINY, "-p", "beta=1e30", "--out", str(out))
+    code = run_cli(*TINY, "-p", "optimizer.learning_rate=1e30", "--out", str(out))
     assert code == 1
     text = capsys.readouterr().out
     assert "diverged: run 0" in text
@@ -113,9 +113,12 @@ BAD = [
     (["run", "--batch", "-3"], "--batch: must be >= 1"),
     (["run", "--iterations", "0"], "--iterations: must be >= 1"),
     (["run", "--batch", "many"], "--batch: expected an integer"),
-    (["run", "-p", "beta=-1"], "algorithm_params.beta: must be finite and > 0"),
+    (
+        ["run", "-p", "optimizer.learning_rate=-1"],
+        "algorithm_params.optimizer.learning_rate: must be finite and > 0",
+    ),
     (["run", "-p", "gamma=0.5"], "algorithm_params.gamma: unknown parameter"),
-    (["run", "-p", "beta"], "--param: expected NAME=VALUE"),
+    (["run", "-p", "zeta"], "--param: expected NAME=VALUE"),
     (["run", "-p", "inner_steps=2.5"], "algorithm_params.inner_steps: expected int"),
     (["run", "--suite-param", "gamma=1.0"], "suite_params.gamma: must lie in [0, 1)"),
     (["run", "--suite-param", "num_states=0"], "suite_params.num_states: must be >= 1"),
@@ -153,7 +156,7 @@ def test_bad_input_exits_2_with_one_line(argv, message, capsys):
         ("batch = ", "is malformed TOML"),
         ("batch = 2\nlearning_rate = 0.1\n", "learning_rate: unknown config key"),
         ('batch = "two"\n', "batch: expected int, got str"),
-        ("[algorithm_params]\nbeta = true\n", "algorithm_params.beta: expected float"),
+        ("[algorithm_params]\nzeta = true\n", "algorithm_params.zeta: expected float"),
         ("algorithm_params = 3\n", "algorithm_params: expected a table"),
         ("seed = -1\n", "seed: must be finite and >= 0"),
     ],

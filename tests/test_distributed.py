@@ -16,13 +16,13 @@ SCRIPT = textwrap.dedent(
     import jax
     jax.config.update("jax_enable_x64", True)
     import numpy as np
-    from bilevel_rl import distributed
+    from bilevel_rl import devices
     multi = len(sys.argv) > 3  # port, process id: one of two processes
     if multi:
-        distributed.initialize(f"127.0.0.1:{sys.argv[3]}", 2, int(sys.argv[4]))
+        devices.initialize(f"127.0.0.1:{sys.argv[3]}", 2, int(sys.argv[4]))
     from bilevel_rl import solve_batch, suites
     from bilevel_rl.algorithms import m_sobirl
-    from bilevel_rl.algorithms import run
+    from bilevel_rl.experiment import run
 
     keys = jax.random.split(jax.random.key(0), 7)  # 7: uneven over 4 devices
     mdp = jax.vmap(lambda k: suites.dirichlet_mdp(k, 6, 3, gamma=0.9))(keys)

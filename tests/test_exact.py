@@ -5,13 +5,14 @@ import numpy as np
 import pytest
 
 from bilevel_rl import hypergradient
-from bilevel_rl.algorithms import exact, run
+from bilevel_rl.algorithms import exact
+from bilevel_rl.experiment import run
 from bilevel_rl.suites import sobirl_synthetic
 
 
 def test_step_is_sgd_on_the_exact_hypergradient_and_descends():
     problem = sobirl_synthetic(jax.random.key(1), dim=8)
-    solver = exact.make(beta=1e-2)
+    solver = exact.make(optimizer={"learning_rate": 1e-2})
     state0 = solver.init(problem, jax.random.key(0))
     state1, metrics = jax.jit(solver.step)(state0, problem)
     reward_fn, upper = problem.bind()
@@ -28,7 +29,10 @@ def test_step_is_sgd_on_the_exact_hypergradient_and_descends():
 @pytest.mark.parametrize(
     "kwargs, msg",
     [
-        (dict(beta=0.0), "beta: must be finite and > 0"),
+        (
+            dict(optimizer={"learning_rate": 0.0}),
+            "optimizer.learning_rate: must be finite and > 0",
+        ),
         (dict(tol=-1.0), "tol: must be finite and >= 0"),
         (dict(max_iters=0), "max_iters: must be finite and > 0"),
     ],

@@ -22,7 +22,7 @@ from bilevel_rl import TabularMDP, suites
 from bilevel_rl.cli import build_parser
 from bilevel_rl.cli.common import UsageError
 from bilevel_rl.cli.run import resolve_config
-from bilevel_rl.config import ConfigError, RunConfig, make_config
+from bilevel_rl.experiment.config import ConfigError, RunConfig, make_config
 
 FUZZ = settings(
     max_examples=60,
@@ -169,7 +169,7 @@ config_values = st.dictionaries(
     | st.dictionaries(
         st.sampled_from(
             [
-                "beta",
+                "optimizer",
                 "zeta",
                 "inner_steps",
                 "num_states",
@@ -206,7 +206,7 @@ def test_make_config_rejects_with_config_error_or_accepts(values):
 @FUZZ
 @given(text=st.text(max_size=60))
 def test_arbitrary_toml_text_gives_config_error(tmp_path, text):
-    from bilevel_rl.config import load_config
+    from bilevel_rl.experiment.config import load_config
 
     path = tmp_path / "fuzz.toml"
     path.write_text(text, encoding="utf-8", errors="surrogatepass")

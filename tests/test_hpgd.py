@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from bilevel_rl import BilevelProblem, value_and_hypergradient
-from bilevel_rl.algorithms import hpgd, run
+from bilevel_rl.algorithms import hpgd
 from bilevel_rl.algorithms.hpgd import hpgd_estimate, target_reward
+from bilevel_rl.experiment import run
 from bilevel_rl.objectives import IncentiveData, incentive_design
 from bilevel_rl.rewards import state_incentive_reward
 from bilevel_rl.suites import dirichlet_mdp
@@ -61,9 +62,7 @@ def test_estimator_mean_matches_the_exact_hypergradient():
 def test_hpgd_decreases_the_exact_objective():
     keys = jax.random.split(jax.random.key(2), 3)
     problems = jax.vmap(incentive_problem)(keys)
-    solver = hpgd.make(
-        upper_reward=target_reward, beta=0.2, num_trajectories=8, horizon=40
-    )
+    solver = hpgd.make(optimizer={"learning_rate": 0.2}, num_samples=8, horizon=40)
     _, hist = run(solver, problems, keys, 150)
     f = np.asarray(hist["exact_f"])
     assert (f[:, -20:].mean(1) < f[:, 0] - 0.01).all()
@@ -74,8 +73,11 @@ def test_hpgd_decreases_the_exact_objective():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(beta=0.0), "beta: must be finite and > 0"),
-        (dict(num_trajectories=0), "num_trajectories: must be finite and > 0"),
+        (
+            dict(optimizer={"learning_rate": 0.0}),
+            "optimizer.learning_rate: must be finite and > 0",
+        ),
+        (dict(num_samples=0), "num_samples: must be finite and > 0"),
         (dict(horizon=-2), "horizon: must be finite and > 0"),
     ],
 )

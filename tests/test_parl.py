@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 
 from bilevel_rl import hypergradient, soft_value_iteration
-from bilevel_rl.algorithms import exact, parl, run
+from bilevel_rl.algorithms import exact, parl
 from bilevel_rl.algorithms.parl import (
     _sampled_upper_gradients,
     logit_policy,
     parl_hypergradient,
 )
+from bilevel_rl.experiment import run
 from bilevel_rl.mdp import TabularMDP
 from bilevel_rl.suites import shaping_problem, sobirl_synthetic
 
@@ -101,8 +102,8 @@ def test_sampled_upper_gradients_are_unbiased():
 def test_a_parl_follows_exact_hypergradient_descent():
     keys = jax.random.split(jax.random.key(0), 2)
     problems = jax.vmap(lambda k: shaping_problem(k, dtype=jnp.float64))(keys)
-    _, ref = run(exact.make(beta=0.5), problems, keys, 150)
-    solver = parl.make(beta=0.5, inner_steps=5, pg_step=2.0)
+    _, ref = run(exact.make(optimizer={"learning_rate": 0.5}), problems, keys, 150)
+    solver = parl.make(optimizer={"learning_rate": 0.5}, inner_steps=5, policy_step=2.0)
     _, hist = run(solver, problems, keys, 150)
     # K = 5 warm-started PG steps track theta*(x_k): the lower gap vanishes and
     # the leader's path is that of exact hyper-gradient descent.
@@ -117,9 +118,12 @@ def test_a_parl_follows_exact_hypergradient_descent():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(beta=0.0), "beta: must be finite and > 0"),
+        (
+            dict(optimizer={"learning_rate": 0.0}),
+            "optimizer.learning_rate: must be finite and > 0",
+        ),
         (dict(inner_steps=0), "inner_steps: must be finite and > 0"),
-        (dict(pg_step=-1.0), "pg_step: must be finite and > 0"),
+        (dict(policy_step=-1.0), "policy_step: must be finite and > 0"),
         (dict(cg_iters=2.5), "cg_iters: must be an integer"),
         (dict(damping=-1e-3), "damping: must be finite and >= 0"),
         (dict(num_samples=1), "num_samples: must be >= 2"),

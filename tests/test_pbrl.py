@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from bilevel_rl import soft_value_iteration
-from bilevel_rl.algorithms import pbrl, run
+from bilevel_rl.algorithms import pbrl
 from bilevel_rl.algorithms.pbrl import optimal_value_gradient
+from bilevel_rl.experiment import run
 from bilevel_rl.suites import garnet_mdp, sobirl_synthetic
 
 
@@ -43,7 +44,9 @@ def test_optimal_value_gradient_matches_finite_differences():
 def test_pbrl_closes_the_value_gap_and_approaches_the_optimum():
     keys = jax.random.split(jax.random.key(0), 3)
     problems = jax.vmap(lambda k: sobirl_synthetic(k, dim=6))(keys)
-    solver = pbrl.make(beta=5e-3, penalty=20.0, policy_step=1.0, policy_steps=2)
+    solver = pbrl.make(
+        optimizer={"learning_rate": 5e-3}, penalty=20.0, policy_step=1.0, inner_steps=2
+    )
     _, hist = run(solver, problems, keys, 400)
     gap = np.asarray(hist["value_gap"])
     assert (gap >= -1e-10).all() and (gap[:, -1] < 1e-3).all()
@@ -56,8 +59,11 @@ def test_pbrl_closes_the_value_gap_and_approaches_the_optimum():
     "kwargs, message",
     [
         (dict(penalty=0.0), "penalty: must be finite and > 0"),
-        (dict(beta=-1.0), "beta: must be finite and > 0"),
-        (dict(policy_steps=0), "policy_steps: must be finite and > 0"),
+        (
+            dict(optimizer={"learning_rate": -1.0}),
+            "optimizer.learning_rate: must be finite and > 0",
+        ),
+        (dict(inner_steps=0), "inner_steps: must be finite and > 0"),
         (dict(policy_step=float("inf")), "policy_step: must be finite and > 0"),
     ],
 )

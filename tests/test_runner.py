@@ -1,4 +1,4 @@
-"""``algorithms.run``: checkpoint/resume, determinism, divergence masking."""
+"""``experiment.run``: checkpoint/resume, determinism, divergence masking."""
 
 import os
 
@@ -7,11 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bilevel_rl import checkpoint
-from bilevel_rl.algorithms import diverged_at, m_sobirl, run, stoc_sobirl
+from bilevel_rl.algorithms import m_sobirl, stoc_sobirl
+from bilevel_rl.experiment import checkpoint, diverged_at, run
 from bilevel_rl.suites import shaping_problem, sobirl_synthetic
 
-SOLVER = m_sobirl.make(beta=8e-3, inner_steps=3, track_exact=False)
+SOLVER = m_sobirl.make(
+    optimizer={"learning_rate": 8e-3}, inner_steps=3, track_exact=False
+)
 KEYS = jax.random.split(jax.random.key(7), 4)
 PROBLEMS = jax.vmap(lambda k: sobirl_synthetic(k, dim=6))(KEYS)
 ITERS = 12
@@ -160,7 +162,7 @@ def test_diverging_instance_is_masked_and_the_others_keep_going():
     finite = np.asarray(hist["finite"][1])
     assert finite[: where[1]].all() and not finite[where[1] :].any()
     # The diverged instance holds its last finite state ...
-    assert all(np.isfinite(np.asarray(x[1])).all() for x in (state.x, state.v))
+    assert all(np.isfinite(np.asarray(x[1])).all() for x in (state.x, state.follower.v))
     # ... and the others are exactly what they are without it.
     _, clean = run(SOLVER, PROBLEMS, KEYS, ITERS)
     for name in hist:

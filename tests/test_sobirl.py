@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 
 from bilevel_rl import hypergradient
-from bilevel_rl.algorithms import run, sobirl, stoc_sobirl
+from bilevel_rl.algorithms import sobirl, stoc_sobirl
 from bilevel_rl.estimators import (
     exact_trajectory_hypergradient,
     expected_trajectory_loss,
     sampled_outer_hypergradient,
 )
+from bilevel_rl.experiment import run
 from bilevel_rl.suites import shaping_problem, sobirl_synthetic
 
 TINY = dict(num_states=3, num_actions=2, dim=3, horizon=3, gamma=0.8, tau=0.7)
@@ -37,7 +38,7 @@ def test_shaping_policy_level_objective_is_the_trajectory_expectation():
 
 def test_sobirl_step_uses_the_sampled_outer_estimator_at_the_aligned_policy():
     problem = shaping_problem(jax.random.key(2), **SMALL)
-    solver = sobirl.make(beta=0.1, num_samples=4, inner_steps=5)
+    solver = sobirl.make(optimizer={"learning_rate": 0.1}, num_samples=4, inner_steps=5)
     state = solver.init(problem, jax.random.key(3))
     new, metrics = jax.jit(solver.step)(state, problem)
     # the policy is aligned to pi*_{x0} (soft policy iteration converges in <= 5)
@@ -49,7 +50,7 @@ def test_sobirl_step_uses_the_sampled_outer_estimator_at_the_aligned_policy():
         reward_fn,
         problem.x0,
         problem.mdp,
-        new.policy,
+        new.follower.policy,
         horizon=SMALL["horizon"],
         num_samples=4,
         with_value=True,
@@ -77,7 +78,7 @@ def assert_descends(hist, by):
 
 def test_sobirl_converges_on_a_batch():
     problems, keys = batch()
-    solver = sobirl.make(beta=0.5, num_samples=8, inner_steps=3)
+    solver = sobirl.make(optimizer={"learning_rate": 0.5}, num_samples=8, inner_steps=3)
     _, hist = run(solver, problems, keys, 400)
     assert bool(hist["finite"].all())
     assert_descends(hist, by=0.15)
@@ -88,9 +89,8 @@ def test_stoc_sobirl_converges_and_follows_its_schedules(momentum):
     problems, keys = batch()
     a, w, c = 0.5, 10.0, 20.0
     solver = stoc_sobirl.make(
-        a=a,
-        w=w,
-        c=c,
+        optimizer={"learning_rate": a, "schedule": "inverse_cube_root", "offset": w},
+        momentum_scale=c,
         momentum=momentum,
         num_samples=4,
         num_rollouts=2,
@@ -114,8 +114,12 @@ def test_storm_reuses_the_samples_at_the_previous_point():
     STORM correction cancels exactly: d_k = d_{k-1} for k >= 1 (same samples)."""
     problem = shaping_problem(jax.random.key(7), **SMALL)
     solver = stoc_sobirl.make(
-        a=1e-300,
-        c=1.0,
+        optimizer={
+            "learning_rate": 1e-300,
+            "schedule": "inverse_cube_root",
+            "offset": 10.0,
+        },
+        momentum_scale=1.0,
         num_samples=2,
         num_rollouts=1,
         rollout_length=5,
@@ -125,25 +129,33 @@ def test_storm_reuses_the_samples_at_the_previous_point():
     state = solver.init(problem, jax.random.key(0))
     step = jax.jit(solver.step)
     state, _ = step(state, problem)
-    d0 = state.d
+    d0 = state.follower.d
     state, m1 = step(state, problem)
     # eta_1 = c beta_0^2 ~ 0, so d_1 = ĝ_1 + (d_0 - ĝ_1) = d_0
-    np.testing.assert_allclose(state.d, d0, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(state.follower.d, d0, rtol=1e-12, atol=1e-14)
     assert float(m1["estimate_norm"]) != pytest.approx(float(jnp.linalg.norm(d0)))
 
 
 @pytest.mark.parametrize(
     "module, kwargs, msg",
     [
-        (sobirl, dict(beta=0.0), "beta: must be finite and > 0"),
+        (
+            sobirl,
+            dict(optimizer={"learning_rate": 0.0}),
+            "optimizer.learning_rate: must be finite and > 0",
+        ),
         (sobirl, dict(num_samples=0), "num_samples: must be finite and > 0"),
         (sobirl, dict(inner_steps=0), "inner_steps: must be finite and > 0"),
-        (sobirl, dict(eta=-1.0), "eta: must be finite and > 0"),
+        (sobirl, dict(policy_step=-1.0), "policy_step: must be finite and > 0"),
         (stoc_sobirl, dict(num_rollouts=0), "num_rollouts: must be finite and > 0"),
         (stoc_sobirl, dict(rollout_length=0), "rollout_length: must be finite"),
         (stoc_sobirl, dict(num_samples=0), "num_samples: must be finite and > 0"),
         (stoc_sobirl, dict(momentum="adam"), "momentum: must be one of"),
-        (stoc_sobirl, dict(a=-1.0), "a: must be finite and > 0"),
+        (
+            stoc_sobirl,
+            dict(optimizer={"learning_rate": -1.0}),
+            "optimizer.learning_rate: must be finite and > 0",
+        ),
         (stoc_sobirl, dict(average_weight=1.5), "average_weight: must lie in"),
     ],
 )

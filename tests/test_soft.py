@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from scipy.special import logsumexp as np_logsumexp
 
 import bilevel_rl as br
-from bilevel_rl.distributed import solve_batch
+from bilevel_rl.batched import solve_batch
 from bilevel_rl.soft import METHODS
 
 

@@ -1,7 +1,10 @@
-"""Bilevel algorithms, one module each, on one API (DESIGN.md).
+"""Bilevel algorithms, one module each, on one protocol (docs/algorithms.md).
 
-Each module exposes ``make(...) -> Solver(init, step)``; :func:`run` scans ``step``
-inside one ``jit`` and ``vmap``s (and shards) over a batch of problems and seeds.
+Each module exports ``Params`` (a frozen dataclass of its options, with defaults,
+one line of help and validation), ``NEEDS`` (what a problem must provide),
+``estimator(params) -> Estimator`` and ``make(**options) -> Solver``, the one-call
+entry: :func:`~bilevel_rl.algorithms.base.make_solver` composes the estimator with
+the leader's optax update. :func:`bilevel_rl.experiment.run` runs a solver.
 
 ========================  =============================================  ==========
 module                    algorithm                                      stochastic
@@ -24,26 +27,54 @@ from bilevel_rl.algorithms import (
     exact,
     hpgd,
     m_sobirl,
+    momentum,
     parl,
     pbrl,
     sobirl,
     stoc_sobirl,
 )
-from bilevel_rl.algorithms.base import Solver
-from bilevel_rl.algorithms.runner import Progress, diverged_at, run
+from bilevel_rl.algorithms.base import (
+    COMMON_METRICS,
+    EXACT_METRICS,
+    Solver,
+    SolverState,
+    make_solver,
+)
+from bilevel_rl.algorithms.params import Optimizer
+from bilevel_rl.types import Estimator
 
 __all__ = [
-    "Progress",
+    "COMMON_METRICS",
+    "EXACT_METRICS",
+    "Estimator",
+    "Optimizer",
     "Solver",
+    "SolverState",
     "aihf",
-    "diverged_at",
     "drlhf",
     "exact",
     "hpgd",
     "m_sobirl",
+    "make_solver",
+    "momentum",
     "parl",
     "pbrl",
-    "run",
     "sobirl",
     "stoc_sobirl",
 ]
+
+
+def __getattr__(name):
+    # Deprecated: the runner moved to the experiment layer.
+    if name in ("run", "diverged_at", "Progress"):
+        import warnings
+
+        from bilevel_rl import experiment
+
+        warnings.warn(
+            f"bilevel_rl.algorithms.{name} moved to bilevel_rl.experiment.{name}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(experiment, name)
+    raise AttributeError(f"module 'bilevel_rl.algorithms' has no attribute {name!r}")

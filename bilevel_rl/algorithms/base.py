@@ -1,14 +1,33 @@
-"""The solver protocol shared by every algorithm, and shared validation/metrics.
+"""The protocol every algorithm is built on: an estimator composed into a solver.
 
-An algorithm is an optax-style pure pair (DESIGN.md):
+An algorithm has two parts (docs/algorithms.md):
+
+* an :class:`~bilevel_rl.types.Estimator` ``(init, estimate)``: the follower's
+  state and, at the leader's ``x``, an estimate of the hyper-gradient of the upper
+  objective, the follower's next state and the estimator's own metrics;
+* :func:`make_solver`, which owns what every algorithm shares: the optax update
+  of ``x`` (``optimizer`` only), the sign (an estimator of a maximized objective
+  sets ``maximize``), the PRNG key, the common metrics with one meaning each and the
+  exact metrics of ``track_exact``.
+
+The result is an optax-style pure pair, a :class:`Solver`:
 
 * ``init(problem, key) -> state``
 * ``step(state, problem) -> (state, metrics)``
 
-with hyper-parameters closed over by the module's ``make(...)``. ``state`` is a
-``NamedTuple`` that carries its own PRNG key; ``metrics`` is a dict of scalars.
-:func:`bilevel_rl.algorithms.run` (:mod:`.runner`) scans ``step`` inside one
-``jit`` and, for a batch of problems, ``jax.vmap``-s the loop over problems and keys.
+and :func:`bilevel_rl.experiment.run` scans ``step`` inside one ``jit`` and, for a
+batch of problems, ``jax.vmap``-s the loop over problems and keys.
+
+Common metrics (every solver, every iteration, at ``x_k`` before its update):
+
+* ``grad_norm``: ``‖d_k‖``, the norm of the direction handed to the optimizer (the
+  gradient of the minimized objective; after momentum where there is momentum);
+* ``f``: the estimator's value of the upper objective at ``(x_k, pi_k)`` (a sample
+  mean for sampled estimators; for a maximized objective ``L``, ``f = -L``);
+* ``inner_residual``: how far the follower is from its target, in the estimator's
+  own measure (documented per algorithm);
+* with ``track_exact``: ``exact_f = f(x_k, pi*_{x_k})`` and ``exact_grad_norm =
+  ‖∇φ(x_k)‖`` (:func:`exact_metrics`, docs/math.md §2).
 """
 
 from __future__ import annotations
@@ -20,9 +39,29 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from bilevel_rl.algorithms.params import build_optimizer, check_positive
 from bilevel_rl.hypergrad import value_and_hypergradient
 from bilevel_rl.problem import BilevelProblem
-from bilevel_rl.types import PRNGKey, PyTree
+from bilevel_rl.types import Estimator, Metrics, PRNGKey, PyTree
+
+__all__ = [
+    "COMMON_METRICS",
+    "EXACT_METRICS",
+    "Estimator",
+    "Solver",
+    "SolverState",
+    "check_positive",
+    "check_x0",
+    "exact_metrics",
+    "make_solver",
+    "tree_norm",
+]
+
+COMMON_METRICS = ("grad_norm", "f", "inner_residual")
+"""Metrics every solver records (see the module docstring for their meaning)."""
+
+EXACT_METRICS = ("exact_f", "exact_grad_norm")
+"""Metrics added by ``track_exact``."""
 
 
 class Solver(NamedTuple):
@@ -31,29 +70,73 @@ class Solver(NamedTuple):
     Attributes:
         init: ``init(problem, key) -> state``.
         step: ``step(state, problem) -> (state, metrics)``; ``metrics`` is a dict of
-            scalar arrays recorded once per iteration by :func:`run`.
+            scalar arrays recorded once per iteration by ``run``.
     """
 
     init: Callable[[BilevelProblem, PRNGKey], Any]
-    step: Callable[[Any, BilevelProblem], tuple[Any, dict]]
+    step: Callable[[Any, BilevelProblem], tuple[Any, Metrics]]
 
 
-# ------------------------------------------------------------- shared validation
+class SolverState(NamedTuple):
+    """Iterate of a solver made by :func:`make_solver`.
+
+    Attributes:
+        x: the leader's variable ``x_k`` (pytree like ``problem.x0``).
+        follower: the estimator's state (its own ``NamedTuple``).
+        opt_state: the optax state of the update of ``x``.
+        key: PRNG key; split once per step, the second half goes to the estimator.
+    """
+
+    x: PyTree
+    follower: Any
+    opt_state: optax.OptState
+    key: PRNGKey
 
 
-def check_positive(name: str, value, *, integer: bool = False, allow_zero=False):
-    """Raises ``ValueError`` naming ``name`` unless ``value`` is finite and > 0."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name}: must be a number, got {value!r}") from None
-    if integer and number != int(number):
-        raise ValueError(f"{name}: must be an integer, got {value!r}")
-    ok = number >= 0 if allow_zero else number > 0
-    if not (jnp.isfinite(number) and ok):
-        rule = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name}: must be finite and {rule}, got {value!r}")
-    return int(number) if integer else number
+def make_solver(
+    estimator: Estimator,
+    optimizer: optax.GradientTransformation | Any,
+    *,
+    track_exact: bool = True,
+) -> Solver:
+    """Composes an estimator and the leader's update into a :class:`Solver`.
+
+    Args:
+        estimator: ``Estimator(init, estimate, maximize)``.
+        optimizer: an optax transformation, or an
+            :class:`~bilevel_rl.algorithms.params.Optimizer` (built here). It is
+            applied to the gradient of the minimized objective (the estimate, or its
+            negative when ``estimator.maximize``).
+        track_exact: also record :data:`EXACT_METRICS` (one exact follower solve
+            and one adjoint per iteration).
+
+    Returns:
+        A :class:`Solver` whose state is a :class:`SolverState`.
+    """
+    opt = build_optimizer(optimizer)
+
+    def init(problem: BilevelProblem, key: PRNGKey) -> SolverState:
+        follower = estimator.init(problem, problem.x0, key)
+        return SolverState(problem.x0, follower, opt.init(problem.x0), key)
+
+    def step(state: SolverState, problem: BilevelProblem):
+        key, k_est = jax.random.split(state.key)
+        grad, follower, own = estimator.estimate(
+            state.follower, problem, state.x, k_est
+        )
+        if estimator.maximize:
+            grad = jax.tree.map(jnp.negative, grad)
+        metrics = {"grad_norm": tree_norm(grad), **own}
+        if track_exact:
+            metrics.update(exact_metrics(problem, state.x))
+        updates, opt_state = opt.update(grad, state.opt_state, state.x)
+        x = optax.apply_updates(state.x, updates)
+        return SolverState(x, follower, opt_state, key), metrics
+
+    return Solver(init, step)
+
+
+# ------------------------------------------------------------- shared helpers
 
 
 def check_x0(problem: BilevelProblem, x0: PyTree | None = None) -> None:
@@ -68,7 +151,7 @@ def check_x0(problem: BilevelProblem, x0: PyTree | None = None) -> None:
     if mdp.P.ndim == 4:
         x0 = jax.tree.map(lambda a: a[0], x0)
     try:
-        out = jax.eval_shape(single.reward_fn, single.data, x0)
+        out = jax.eval_shape(single.reward, x0)
     except Exception as err:  # shape errors inside the user's reward model
         raise ValueError(f"x0: does not fit the reward model ({err})") from None
     expected = (mdp.num_states, mdp.num_actions)
@@ -84,12 +167,11 @@ def tree_norm(tree: PyTree) -> jax.Array:
     return optax.tree.norm(tree)
 
 
-def exact_metrics(problem: BilevelProblem, x: PyTree) -> dict:
-    """``exact_f = f(x, pi*_x)`` and ``exact_grad_norm = ‖∇φ(x)‖`` (MATH.md §2).
+def exact_metrics(problem: BilevelProblem, x: PyTree) -> Metrics:
+    """``exact_f = f(x, pi*_x)`` and ``exact_grad_norm = ‖∇φ(x)‖`` (docs/math.md §2).
 
     One follower solve (soft policy iteration) and one closed-form adjoint
-    hyper-gradient of ``problem.upper``; used by every algorithm's
-    ``track_exact`` option.
+    hyper-gradient of ``problem.upper``.
     """
     reward_fn, upper = problem.bind()
     f, grad = value_and_hypergradient(

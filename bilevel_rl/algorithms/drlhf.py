@@ -1,8 +1,8 @@
 """DRLHF: deep RL from human preferences, alternating (Christiano et al. 2017).
 
-A baseline without hyper-gradient coupling (MATH.md §8). Per iteration:
+A baseline without hyper-gradient coupling (docs/math.md §8). Per iteration:
 
-1. reward step: ``theta <- theta + eta grad_theta L2(r_theta)`` (the Bradley–Terry
+1. reward step: ``theta <- theta + lr grad_theta L2(r_theta)`` (the Bradley–Terry
    log-likelihood of the preference counts,
    :func:`bilevel_rl.alignment.preference_term`);
 2. policy step: ``N`` warm-started soft policy-iteration / PMD steps towards the
@@ -14,87 +14,91 @@ Problems are those of :func:`bilevel_rl.alignment.aihf_problem` (``AlignmentData
 
 References:
     Christiano et al., "Deep Reinforcement Learning from Human Preferences",
-    NeurIPS 2017; MATH.md §8.
+    NeurIPS 2017; docs/math.md §8.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import dataclasses
 
 import jax
-import jax.numpy as jnp
-import optax
 
-from bilevel_rl.algorithms.base import Solver, check_positive, exact_metrics, tree_norm
-from bilevel_rl.algorithms.sobirl import align_policy
+from bilevel_rl.algorithms.base import Solver, make_solver
+from bilevel_rl.algorithms.follower import (
+    PolicyFollower,
+    align_policy,
+    init_policy_follower,
+)
+from bilevel_rl.algorithms.params import (
+    Optimizer,
+    as_optimizer,
+    count,
+    flag,
+    from_kwargs,
+    option,
+    step_or_inf,
+    validate,
+)
 from bilevel_rl.alignment import demo_term, preference_term
 from bilevel_rl.problem import BilevelProblem
-from bilevel_rl.soft import soft_policy
-from bilevel_rl.types import Array, PRNGKey, PyTree
+from bilevel_rl.types import Estimator
+
+DESCRIPTION = (
+    "DRLHF (Christiano et al. 2017): alternating Bradley-Terry reward / policy"
+)
+NEEDS = "alignment"
+ALIASES = {"eta": "optimizer.learning_rate", "pmd_eta": "policy_step"}
 
 
-class DRLHFState(NamedTuple):
-    """Iterate of DRLHF: reward parameters, current policy, optax state, key."""
+@dataclasses.dataclass(frozen=True)
+class Params:
+    """Options of DRLHF (the optimizer ascends ``L2``)."""
 
-    x: PyTree
-    policy: Array
-    opt_state: optax.OptState
-    key: PRNGKey
+    optimizer: Optimizer = option(
+        Optimizer(learning_rate=1.0), "the reward's update (ascent on L2)",
+        as_optimizer,
+    )  # fmt: skip
+    inner_steps: int = option(1, "policy steps per iteration", count)
+    policy_step: float = option(
+        float("inf"), "PMD step of the policy (inf: soft policy iteration)",
+        step_or_inf,
+    )  # fmt: skip
+    track_exact: bool = option(
+        True, "record the AIHF objective's exact value and hyper-gradient norm", flag
+    )
+
+    def __post_init__(self):
+        validate(self)
 
 
-def make(
-    *,
-    eta: float = 1.0,
-    inner_steps: int = 1,
-    pmd_eta: float = float("inf"),
-    optimizer: optax.GradientTransformation | None = None,
-    track_exact: bool = True,
-) -> Solver:
-    """Builds DRLHF.
+def estimator(params: Params) -> Estimator:
+    """DRLHF's ascent direction ``grad L2`` (``maximize``); metrics ``f``
+    (``-(alpha L1(pi_k) + L2(r_k))``) and ``inner_residual``."""
 
-    Args:
-        eta: reward step size (ascent on ``L2``; default ``optax.sgd(eta)``).
-        inner_steps: policy steps per iteration.
-        pmd_eta: PMD step (``inf``: soft policy iteration).
-        optimizer: optax transformation of ``-grad L2``.
-        track_exact: record the AIHF objective's exact value and hyper-gradient
-            norm at ``theta_k`` (how far the alternating scheme is from AIHF).
-
-    Returns:
-        A :class:`~bilevel_rl.algorithms.base.Solver` with metrics ``grad_norm``
-        (‖grad L2‖), ``f`` (``-(alpha L1(pi_k) + L2(r_k))``), ``inner_residual``.
-
-    Raises:
-        ValueError: non-positive ``eta``/``pmd_eta`` or ``inner_steps < 1``.
-    """
-    eta = check_positive("eta", eta)
-    inner_steps = check_positive("inner_steps", inner_steps, integer=True)
-    if pmd_eta != float("inf"):
-        pmd_eta = check_positive("pmd_eta", pmd_eta)
-    opt = optimizer if optimizer is not None else optax.sgd(eta)
-
-    def init(problem: BilevelProblem, key: PRNGKey) -> DRLHFState:
-        mdp = problem.mdp
-        policy = soft_policy(mdp, jnp.zeros(mdp.P.shape[-3:-1], mdp.P.dtype))
-        return DRLHFState(problem.x0, policy, opt.init(problem.x0), key)
-
-    def step(state: DRLHFState, problem: BilevelProblem):
+    def estimate(follower: PolicyFollower, problem: BilevelProblem, x, key):
         data = problem.data
-        reward, vjp = jax.vjp(problem.reward, state.x)
+        reward, vjp = jax.vjp(problem.reward, x)
         l2, grad_r = jax.value_and_grad(preference_term, argnums=1)(data.wins, reward)
         (g,) = vjp(grad_r)
         policy, change = align_policy(
-            problem, reward, state.policy, eta=pmd_eta, inner_steps=inner_steps,
-            inner_tol=0.0,
+            problem.mdp, reward, follower.policy, policy_step=params.policy_step,
+            inner_steps=params.inner_steps,
         )  # fmt: skip
         f = -(data.alpha * demo_term(data.demo_counts, policy) + l2)
-        metrics = {"grad_norm": tree_norm(g), "f": f, "inner_residual": change}
-        if track_exact:
-            metrics.update(exact_metrics(problem, state.x))
-        updates, opt_state = opt.update(
-            jax.tree.map(jnp.negative, g), state.opt_state, state.x
-        )
-        x = optax.apply_updates(state.x, updates)
-        return DRLHFState(x, policy, opt_state, state.key), metrics
+        return g, PolicyFollower(policy), {"f": f, "inner_residual": change}
 
-    return Solver(init, step)
+    return Estimator(init_policy_follower, estimate, maximize=True)
+
+
+def make(**kwargs) -> Solver:
+    """Builds DRLHF from :class:`Params` fields.
+
+    Deprecated: ``eta`` (use ``optimizer``), ``pmd_eta`` (``policy_step``).
+
+    Raises:
+        ValueError/TypeError: a field breaks its rule (the message names it).
+    """
+    params = from_kwargs(Params, kwargs, ALIASES)
+    return make_solver(
+        estimator(params), params.optimizer, track_exact=params.track_exact
+    )

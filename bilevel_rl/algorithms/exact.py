@@ -1,85 +1,94 @@
-"""Oracle hyper-gradient descent: ``x <- x - beta ∇φ(x)`` with the exact §2 gradient.
+"""Oracle hyper-gradient descent: ``x <- x - lr ∇φ(x)`` with the exact gradient.
 
 Each iteration solves the follower's problem to ``tol`` (soft policy iteration by
 default, a handful of ``S x S`` solves) and takes the closed-form adjoint
-hyper-gradient of MATH.md §2. It is the reference the other algorithms are
-compared against.
+hyper-gradient of docs/math.md §2. It is the reference the other algorithms are
+compared against; its ``f`` and ``grad_norm`` are the exact ones, so it records
+``exact_f``/``exact_grad_norm`` without a second solve.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import dataclasses
 
-import optax
-
-from bilevel_rl.algorithms.base import Solver, check_positive, tree_norm
-from bilevel_rl.hypergrad import value_and_hypergradient
+from bilevel_rl.algorithms.base import Solver, make_solver, tree_norm
+from bilevel_rl.algorithms.follower import init_no_follower
+from bilevel_rl.algorithms.params import (
+    Optimizer,
+    as_optimizer,
+    choice,
+    count,
+    from_kwargs,
+    nonnegative,
+    option,
+    validate,
+)
+from bilevel_rl.hypergrad import hypergradient_and_solution
 from bilevel_rl.problem import BilevelProblem
-from bilevel_rl.types import PRNGKey, PyTree
+from bilevel_rl.types import Estimator
+
+DESCRIPTION = (
+    "hyper-gradient descent with the exact adjoint hyper-gradient (the oracle)"
+)
+NEEDS = None
+ALIASES = {"beta": "optimizer.learning_rate"}
+"""What a problem must provide (``None``: any ``BilevelProblem``)."""
 
 
-class ExactState(NamedTuple):
-    """Iterate of exact hyper-gradient descent: ``x``, optax state and a key."""
+@dataclasses.dataclass(frozen=True)
+class Params:
+    """Options of exact hyper-gradient descent."""
 
-    x: PyTree
-    opt_state: optax.OptState
-    key: PRNGKey
+    optimizer: Optimizer = option(
+        Optimizer(learning_rate=1e-2), "the leader's update", as_optimizer
+    )
+    tol: float = option(
+        1e-10, "residual tolerance of the follower's solve", nonnegative
+    )
+    max_iters: int = option(10_000, "cap on the follower solver's iterations", count)
+    solver_method: str = option(
+        "policy_iteration",
+        "follower solver: policy_iteration or value_iteration",
+        choice("policy_iteration", "value_iteration"),
+    )
+
+    def __post_init__(self):
+        validate(self)
 
 
-def make(
-    *,
-    beta: float = 1e-2,
-    optimizer: optax.GradientTransformation | None = None,
-    tol: float = 1e-10,
-    max_iters: int = 10_000,
-    solver_method: str = "policy_iteration",
-) -> Solver:
-    """Builds exact (oracle) hyper-gradient descent.
+def estimator(params: Params) -> Estimator:
+    """The exact hyper-gradient at ``x``; metrics ``f``, ``inner_residual`` (the
+    follower solve's ``‖T(V) - V‖∞``), ``exact_f``, ``exact_grad_norm``."""
 
-    Args:
-        beta: step size of the default ``optax.sgd(beta)``.
-        optimizer: any optax transformation of the exact gradient.
-        tol: accuracy of the follower's solve.
-        max_iters: cap on the follower's solver iterations.
-        solver_method: ``"policy_iteration"`` or ``"value_iteration"``.
-
-    Returns:
-        A :class:`~bilevel_rl.algorithms.base.Solver` recording ``f``
-        (``f(x_k, pi*_{x_k})``), ``grad_norm`` and ``exact_grad_norm`` (both
-        ``‖∇φ(x_k)‖``), ``exact_f``.
-
-    Raises:
-        ValueError: non-positive ``beta``, negative ``tol`` or ``max_iters < 1``.
-    """
-    beta = check_positive("beta", beta)
-    tol = check_positive("tol", tol, allow_zero=True)
-    max_iters = check_positive("max_iters", max_iters, integer=True)
-    opt = optimizer if optimizer is not None else optax.sgd(beta)
-
-    def init(problem: BilevelProblem, key: PRNGKey) -> ExactState:
-        return ExactState(problem.x0, opt.init(problem.x0), key)
-
-    def step(state: ExactState, problem: BilevelProblem):
+    def estimate(follower, problem: BilevelProblem, x, key):
         reward_fn, upper = problem.bind()
-        f, grad = value_and_hypergradient(
+        f, grad, sol = hypergradient_and_solution(
             upper,
             reward_fn,
-            state.x,
+            x,
             problem.mdp,
-            method="closed_form",
-            tol=tol,
-            max_iters=max_iters,
-            solver_method=solver_method,
+            tol=params.tol,
+            max_iters=params.max_iters,
+            solver_method=params.solver_method,
         )
-        updates, opt_state = opt.update(grad, state.opt_state, state.x)
-        x = optax.apply_updates(state.x, updates)
-        norm = tree_norm(grad)
         metrics = {
-            "grad_norm": norm,
             "f": f,
-            "exact_grad_norm": norm,
+            "inner_residual": sol.residual,
             "exact_f": f,
+            "exact_grad_norm": tree_norm(grad),
         }
-        return ExactState(x, opt_state, state.key), metrics
+        return grad, follower, metrics
 
-    return Solver(init, step)
+    return Estimator(init_no_follower, estimate)
+
+
+def make(**kwargs) -> Solver:
+    """Builds exact (oracle) hyper-gradient descent from :class:`Params` fields.
+
+    Deprecated: ``beta`` (use ``optimizer=Optimizer(learning_rate=...)``).
+
+    Raises:
+        ValueError/TypeError: a field breaks its rule (the message names it).
+    """
+    params = from_kwargs(Params, kwargs, ALIASES)
+    return make_solver(estimator(params), params.optimizer, track_exact=False)

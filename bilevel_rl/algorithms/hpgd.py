@@ -3,46 +3,89 @@
 For a leader whose objective is its own discounted return under the follower's
 soft-optimal policy, ``f(x, pi) = -V_u^pi(rho) + c(x)`` with an upper reward
 ``r_u[S, A]`` (e.g. Four-Rooms incentive design: ``r_u(s, a) = target[s]``), the
-policy-gradient theorem and ``grad_x log pi*_x = (dQ_l - dV_l) / tau`` (MATH.md §4)
-give (MATH.md §8)
+policy-gradient theorem and ``grad_x log pi*_x = (dQ_l - dV_l) / tau`` (docs/math.md §4)
+give (docs/math.md §8)
 
     grad phi(x) = grad_x c(x)
                   - (1/tau) E_{pi*_x} [ sum_t gamma^t A_u(s_t, a_t) dA_l(s_t, a_t) ]
 
 with ``A_u = Q_u - V_u`` the leader's advantage under ``pi*_x`` and
 ``dA_l = dQ*/dx - dV*/dx`` the follower's advantage Jacobian (Prop. 5.1). HPGD
-samples the trajectories (``num_trajectories`` from ``rho``, ``horizon`` steps:
+samples the trajectories (``num_samples`` from ``rho``, ``horizon`` steps:
 bias ``O(gamma^H)``) and uses the exact tabular ``A_u`` and ``dA_l`` at the exact
 best response; :func:`hpgd_estimate` is unbiased for the truncated sum.
 
 References:
     Thoma, Pasztor, Krause, Ramponi, Hu, "Contextual Bilevel Reinforcement Learning
-    for Incentive Alignment" (HPGD), 2024; MATH.md §8.
+    for Incentive Alignment" (HPGD), 2024; docs/math.md §8.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 
-from bilevel_rl.algorithms.base import Solver, check_positive, exact_metrics, tree_norm
+from bilevel_rl.algorithms.base import Solver, make_solver
+from bilevel_rl.algorithms.follower import best_response, init_no_follower
+from bilevel_rl.algorithms.params import (
+    Optimizer,
+    as_optimizer,
+    count,
+    flag,
+    from_kwargs,
+    option,
+    validate,
+)
 from bilevel_rl.hypergrad import q_value_jacobian
+from bilevel_rl.objectives import target_reward
 from bilevel_rl.problem import BilevelProblem
 from bilevel_rl.sampling import rollout
-from bilevel_rl.soft import soft_value_iteration
-from bilevel_rl.types import Array, PRNGKey, PyTree
+from bilevel_rl.types import Array, Estimator, PRNGKey, PyTree
+
+DESCRIPTION = (
+    "HPGD (Thoma et al. 2024): hyper-policy gradient, exact soft best response"
+)
+NEEDS = "incentive"
+ALIASES = {"beta": "optimizer.learning_rate", "num_trajectories": "num_samples"}
 
 
-class HPGDState(NamedTuple):
-    """Iterate of HPGD: ``x``, optax state and the sampling key."""
+UPPER_REWARDS: dict[str, Callable[[PyTree], Array]] = {"target": target_reward}
+"""Upper rewards by name, for configuration files."""
 
-    x: PyTree
-    opt_state: optax.OptState
-    key: PRNGKey
+
+def _upper_reward(name, value):
+    if callable(value):
+        return value
+    if value not in UPPER_REWARDS:
+        raise ValueError(
+            f"{name}: must be a function of problem.data or one of "
+            f"{sorted(UPPER_REWARDS)}, got {value!r}"
+        )
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Params:
+    """Options of HPGD."""
+
+    upper_reward: str | Callable[[PyTree], Array] = option(
+        "target",
+        "the leader's per-step reward r_u(data) -> [S, A]: a name (target: the "
+        "incentive problem's target cells) or a function",
+        _upper_reward,
+    )
+    optimizer: Optimizer = option(
+        Optimizer(learning_rate=1e-2), "the leader's update", as_optimizer
+    )
+    num_samples: int = option(16, "trajectories per estimate", count)
+    horizon: int = option(50, "steps per trajectory (bias O(gamma^H))", count)
+    track_exact: bool = option(True, "record exact_f and exact_grad_norm", flag)
+
+    def __post_init__(self):
+        validate(self)
 
 
 def hpgd_estimate(
@@ -53,7 +96,8 @@ def hpgd_estimate(
     *,
     num_trajectories: int,
     horizon: int,
-) -> PyTree:
+    with_solution: bool = False,
+) -> PyTree | tuple[Array, PyTree, Array]:
     """One HPGD estimate of ``grad phi(x)`` for ``f = -V_u^pi(rho) + c(x)``.
 
     ``grad_x c`` is taken as ``grad_x f(x, pi)`` at fixed ``pi`` (``problem.upper``
@@ -66,15 +110,16 @@ def hpgd_estimate(
         upper_reward: ``[S, A]`` the leader's per-step reward ``r_u``.
         num_trajectories: trajectories per estimate (static).
         horizon: steps per trajectory (static).
+        with_solution: also return ``f(x, pi*_x)`` and the residual of the
+            follower's solve (static).
 
     Returns:
-        A pytree like ``x``.
+        A pytree like ``x``, or ``(f, grad, residual)``.
     """
     mdp = problem.mdp
     reward = problem.reward(x)
-    policy = soft_value_iteration(
-        mdp, reward, method="policy_iteration", tol=1e-12
-    ).policy
+    sol = best_response(mdp, reward)
+    policy = sol.policy
     # The leader's advantage under pi (no entropy term in the leader's return).
     P_pi = jnp.einsum("sa,sat->st", policy, mdp.P)
     S = mdp.num_states
@@ -102,69 +147,43 @@ def hpgd_estimate(
         return jnp.tensordot(w, da, axes=([0, 1], [0, 1]))
 
     pg = jax.tree.map(contract, dq, dv)
-    direct = jax.grad(problem.objective)(x, policy)
-    return jax.tree.map(lambda d, g: d - g / mdp.tau, direct, pg)
+    f, direct = jax.value_and_grad(problem.objective)(x, policy)
+    grad = jax.tree.map(lambda d, g: d - g / mdp.tau, direct, pg)
+    return (f, grad, sol.residual) if with_solution else grad
 
 
-def make(
-    *,
-    upper_reward: Callable[[object], Array],
-    beta: float = 1e-2,
-    num_trajectories: int = 16,
-    horizon: int = 50,
-    optimizer: optax.GradientTransformation | None = None,
-    track_exact: bool = True,
-) -> Solver:
-    """Builds HPGD.
+def estimator(params: Params) -> Estimator:
+    """HPGD's estimate at the exact best response; metrics ``f``
+    (``f(x_k, pi*_{x_k})``) and ``inner_residual`` (the best response's residual)."""
+    upper_reward = params.upper_reward
+    if isinstance(upper_reward, str):
+        upper_reward = UPPER_REWARDS[upper_reward]
 
-    Args:
-        upper_reward: ``upper_reward(problem.data) -> [S, A]`` the leader's
-            per-step reward (a hashable module-level function).
-        beta: step size (default ``optax.sgd(beta)``).
-        num_trajectories: trajectories per estimate.
-        horizon: trajectory length.
-        optimizer: optax transformation of the estimate.
-        track_exact: record ``exact_f`` and ``exact_grad_norm``.
+    def estimate(follower, problem: BilevelProblem, x, key):
+        f, g, residual = hpgd_estimate(
+            key,
+            problem,
+            x,
+            upper_reward(problem.data),
+            num_trajectories=params.num_samples,
+            horizon=params.horizon,
+            with_solution=True,
+        )
+        return g, follower, {"f": f, "inner_residual": residual}
 
-    Returns:
-        A :class:`~bilevel_rl.algorithms.base.Solver` with metrics ``grad_norm``
-        (‖estimate‖), ``f`` (``f(x_k, pi*_{x_k})`` when tracked, else the
-        estimate's norm is the only cost-free signal) and the exact ones.
+    return Estimator(init_no_follower, estimate)
+
+
+def make(**kwargs) -> Solver:
+    """Builds HPGD from :class:`Params` fields.
+
+    Deprecated: ``beta`` (use ``optimizer``), ``num_trajectories``
+    (``num_samples``).
 
     Raises:
-        ValueError: non-positive ``beta``, ``num_trajectories < 1``, ``horizon < 1``.
+        ValueError/TypeError: a field breaks its rule (the message names it).
     """
-    beta = check_positive("beta", beta)
-    num_trajectories = check_positive(
-        "num_trajectories", num_trajectories, integer=True
+    params = from_kwargs(Params, kwargs, ALIASES)
+    return make_solver(
+        estimator(params), params.optimizer, track_exact=params.track_exact
     )
-    horizon = check_positive("horizon", horizon, integer=True)
-    opt = optimizer if optimizer is not None else optax.sgd(beta)
-
-    def init(problem: BilevelProblem, key: PRNGKey) -> HPGDState:
-        return HPGDState(problem.x0, opt.init(problem.x0), key)
-
-    def step(state: HPGDState, problem: BilevelProblem):
-        key, k_est = jax.random.split(state.key)
-        g = hpgd_estimate(
-            k_est,
-            problem,
-            state.x,
-            upper_reward(problem.data),
-            num_trajectories=num_trajectories,
-            horizon=horizon,
-        )
-        metrics = {"grad_norm": tree_norm(g)}
-        if track_exact:
-            exact = exact_metrics(problem, state.x)
-            metrics.update(exact, f=exact["exact_f"])
-        updates, opt_state = opt.update(g, state.opt_state, state.x)
-        x = optax.apply_updates(state.x, updates)
-        return HPGDState(x, opt_state, key), metrics
-
-    return Solver(init, step)
-
-
-def target_reward(data) -> Array:
-    """``r_u(s, a) = target[s]``: the Four-Rooms leader's reward (``IncentiveData``)."""
-    return jnp.broadcast_to(data.target[:, None], data.base_reward.shape)

@@ -1,4 +1,4 @@
-"""PARL / A-PARL: policy alignment with second-order hyper-gradients (MATH.md §6).
+"""PARL / A-PARL: policy alignment with second-order hyper-gradients (docs/math.md §7).
 
 The follower's policy is parameterized by tabular softmax logits ``theta[S, A]``,
 ``pi_theta = softmax(theta)`` (times ``mdp.ref_policy`` when set), and maximizes its
@@ -15,12 +15,12 @@ Hessian is never formed). ``H`` is singular along the per-state shifts
 ``theta(s, .) + c(s)`` (they do not change ``pi_theta``); the system is solved by
 conjugate gradients on ``-H`` restricted to the subspace orthogonal to them (every
 product is projected to zero per-state mean), or, with ``damping = lam > 0``, on
-``-H + lam I`` (MATH.md §6). ``grad_theta f`` is orthogonal to the shifts, so the
+``-H + lam I`` (docs/math.md §7). ``grad_theta f`` is orthogonal to the shifts, so the
 projected solve is exact; at an exact lower-level solution this hyper-gradient is
 the §2 closed form (tested).
 
 **A-PARL** (the algorithm run here): per outer iteration, ``inner_steps = K``
-warm-started policy-gradient ascent steps ``theta <- theta + pg_step grad_theta J``
+warm-started policy-gradient ascent steps ``theta <- theta + policy_step grad_theta J``
 (exact gradient), then one leader step with the hyper-gradient at the current
 ``theta``. Variants of the upper gradient:
 
@@ -36,48 +36,86 @@ warm-started policy-gradient ascent steps ``theta <- theta + pg_step grad_theta 
 References:
     Chakraborty, Bedi, Koppel, Wang, Huang, Manocha, "PARL: A Unified Framework for
     Policy Alignment in Reinforcement Learning from Human Feedback", ICLR 2024;
-    MATH.md §6.
+    docs/math.md §7.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 
-from bilevel_rl.algorithms.base import Solver, check_positive, exact_metrics, tree_norm
-from bilevel_rl.algorithms.sobirl import check_trajectory_problem
+from bilevel_rl.algorithms.base import Solver, make_solver
+from bilevel_rl.algorithms.follower import best_response, check_trajectory_problem
+from bilevel_rl.algorithms.params import (
+    Optimizer,
+    as_optimizer,
+    at_least,
+    count,
+    flag,
+    from_kwargs,
+    nonnegative,
+    option,
+    optional,
+    positive,
+    validate,
+)
 from bilevel_rl.mdp import TabularMDP
 from bilevel_rl.problem import BilevelProblem
 from bilevel_rl.sampling import rollout
-from bilevel_rl.soft import soft_policy_evaluation, soft_value_iteration
-from bilevel_rl.types import Array, PRNGKey, PyTree
+from bilevel_rl.soft import soft_policy_evaluation
+from bilevel_rl.types import Array, Estimator, PRNGKey, PyTree
 
 __all__ = [
-    "PARLState",
+    "LogitFollower",
+    "Params",
+    "estimator",
     "follower_value",
     "logit_policy",
     "make",
     "parl_hypergradient",
 ]
 
+DESCRIPTION = (
+    "A-PARL (Chakraborty et al. 2024): softmax-logit PG follower, HVP + CG "
+    "hyper-gradient"
+)
+NEEDS = None
+ALIASES = {"beta": "optimizer.learning_rate", "pg_step": "policy_step"}
 
-class PARLState(NamedTuple):
-    """Iterate of A-PARL.
 
-    Attributes:
-        x: leader variable ``x_k`` (reward parameters ``nu``).
-        logits: ``[S, A]`` the follower's policy logits ``theta_k`` (warm start).
-        opt_state: optax state of ``x``.
-        key: PRNG key (sampled variant).
-    """
+@dataclasses.dataclass(frozen=True)
+class Params:
+    """Options of A-PARL."""
 
-    x: PyTree
+    optimizer: Optimizer = option(
+        Optimizer(learning_rate=1e-2), "the leader's update", as_optimizer
+    )
+    inner_steps: int = option(10, "K policy-gradient steps per iteration", count)
+    policy_step: float = option(
+        1.0, "step of the follower's policy-gradient ascent on the logits", positive
+    )
+    cg_iters: int = option(50, "most CG iterations of the Hessian solve", count)
+    cg_tol: float = option(1e-12, "relative CG tolerance", positive)
+    damping: float = option(
+        0.0, "lam of -H + lam I (0: projected, undamped)", nonnegative
+    )
+    num_samples: int | None = option(
+        None, "tuples per sampled upper gradient (>= 2; unset: exact)",
+        optional(at_least(2)),
+    )  # fmt: skip
+    track_exact: bool = option(True, "record exact_f and exact_grad_norm", flag)
+
+    def __post_init__(self):
+        validate(self)
+
+
+class LogitFollower(NamedTuple):
+    """A-PARL's follower: ``[S, A]`` policy logits ``theta_k`` (warm start)."""
+
     logits: Array
-    opt_state: optax.OptState
-    key: PRNGKey
 
 
 def logit_policy(mdp: TabularMDP, logits: Array) -> Array:
@@ -176,99 +214,60 @@ def _sampled_upper_gradients(key, problem, x, logits, num_samples):
     return grad_x, grad_theta, jnp.mean(losses)
 
 
-def make(
-    *,
-    beta: float = 1e-2,
-    inner_steps: int = 10,
-    pg_step: float = 1.0,
-    cg_iters: int = 50,
-    cg_tol: float = 1e-12,
-    damping: float = 0.0,
-    num_samples: int | None = None,
-    optimizer: optax.GradientTransformation | None = None,
-    track_exact: bool = True,
-) -> Solver:
-    """Builds A-PARL.
+def estimator(params: Params) -> Estimator:
+    """A-PARL's hyper-gradient at the current logits; metrics ``f``
+    (``f(x_k, pi_theta_k)``, or the sample mean of the loss), ``inner_residual``
+    (``‖grad_theta J‖`` after the ``K`` steps), ``lower_gap`` (``V*(rho) -
+    J(theta_k)``) and ``cg_residual``."""
+    num_samples = params.num_samples
 
-    Args:
-        beta: leader step size (default ``optax.sgd(beta)``).
-        inner_steps: ``K`` policy-gradient steps per outer iteration.
-        pg_step: step size of the follower's policy-gradient ascent on ``theta``.
-        cg_iters: maximum CG iterations of the Hessian solve (``S (A - 1)``
-            suffice in exact arithmetic).
-        cg_tol: relative CG tolerance.
-        damping: ``lam >= 0`` of ``-H + lam I`` (``0``: projected, undamped).
-        num_samples: ``None`` for exact upper gradients; else ``n >= 2`` tuples of
-            trajectories per estimate (the problem needs a ``trajectory_loss``).
-        optimizer: any optax transformation of the hyper-gradient.
-        track_exact: record ``exact_f`` and ``exact_grad_norm`` at ``x_k``.
-
-    Returns:
-        A :class:`~bilevel_rl.algorithms.base.Solver` with metrics ``grad_norm``,
-        ``f`` (``f(x_k, pi_theta_k)``, or the sample mean of the loss),
-        ``inner_residual`` (``‖grad_theta J‖`` after the ``K`` steps),
-        ``lower_gap`` (``V*(rho) - J(theta_k)``), ``cg_residual`` and the exact ones.
-
-    Raises:
-        ValueError: non-positive ``beta``/``pg_step``/``cg_tol``, ``inner_steps``
-            or ``cg_iters < 1``, negative ``damping``, ``num_samples < 2``, or (at
-            ``init``) a sampled variant on a problem without a trajectory loss.
-    """
-    beta = check_positive("beta", beta)
-    inner_steps = check_positive("inner_steps", inner_steps, integer=True)
-    pg_step = check_positive("pg_step", pg_step)
-    cg_iters = check_positive("cg_iters", cg_iters, integer=True)
-    cg_tol = check_positive("cg_tol", cg_tol)
-    damping = check_positive("damping", damping, allow_zero=True)
-    if num_samples is not None:
-        num_samples = check_positive("num_samples", num_samples, integer=True)
-        if num_samples < 2:
-            raise ValueError(
-                f"num_samples: must be >= 2 (leave-one-out baseline), got {num_samples}"
-            )
-    opt = optimizer if optimizer is not None else optax.sgd(beta)
-
-    def init(problem: BilevelProblem, key: PRNGKey) -> PARLState:
+    def init(problem: BilevelProblem, x0: PyTree, key: PRNGKey) -> LogitFollower:
         if num_samples is not None:
             check_trajectory_problem(problem, "sampled PARL")
-        logits = jnp.zeros(problem.mdp.P.shape[-3:-1], problem.mdp.P.dtype)
-        return PARLState(problem.x0, logits, opt.init(problem.x0), key)
+        return LogitFollower(jnp.zeros(problem.mdp.P.shape[-3:-1], problem.mdp.P.dtype))
 
-    def step(state: PARLState, problem: BilevelProblem):
+    def estimate(follower: LogitFollower, problem: BilevelProblem, x, key):
         mdp = problem.mdp
-        reward = problem.reward(state.x)
+        reward = problem.reward(x)
         ascent = jax.grad(follower_value, argnums=2)
 
         def pg(logits, _):
-            return logits + pg_step * ascent(mdp, reward, logits), None
+            return logits + params.policy_step * ascent(mdp, reward, logits), None
 
-        logits, _ = jax.lax.scan(pg, state.logits, None, inner_steps)
-        key, k_sample = jax.random.split(state.key)
+        logits, _ = jax.lax.scan(pg, follower.logits, None, params.inner_steps)
         if num_samples is None:
             f, (gx, gth) = jax.value_and_grad(
                 lambda x, th: problem.objective(x, logit_policy(mdp, th)),
                 argnums=(0, 1),
-            )(state.x, logits)
+            )(x, logits)
         else:
-            gx, gth, f = _sampled_upper_gradients(
-                k_sample, problem, state.x, logits, num_samples
-            )
+            gx, gth, f = _sampled_upper_gradients(key, problem, x, logits, num_samples)
         grad, cg_residual = parl_hypergradient(
-            problem, state.x, logits, gx, gth,
-            cg_iters=cg_iters, cg_tol=cg_tol, damping=damping,
+            problem, x, logits, gx, gth,
+            cg_iters=params.cg_iters, cg_tol=params.cg_tol, damping=params.damping,
         )  # fmt: skip
-        star = soft_value_iteration(mdp, reward, method="policy_iteration", tol=1e-12)
+        star = best_response(mdp, reward)
         metrics = {
-            "grad_norm": tree_norm(grad),
             "f": f,
             "inner_residual": jnp.linalg.norm(ascent(mdp, reward, logits)),
             "lower_gap": mdp.rho @ star.v - follower_value(mdp, reward, logits),
             "cg_residual": cg_residual,
         }
-        if track_exact:
-            metrics.update(exact_metrics(problem, state.x))
-        updates, opt_state = opt.update(grad, state.opt_state, state.x)
-        x = optax.apply_updates(state.x, updates)
-        return PARLState(x, logits, opt_state, key), metrics
+        return grad, LogitFollower(logits), metrics
 
-    return Solver(init, step)
+    return Estimator(init, estimate)
+
+
+def make(**kwargs) -> Solver:
+    """Builds A-PARL from :class:`Params` fields.
+
+    Deprecated: ``beta`` (use ``optimizer``), ``pg_step`` (use ``policy_step``).
+
+    Raises:
+        ValueError/TypeError: a field breaks its rule (the message names it); at
+            ``init``, a sampled variant on a problem without a trajectory loss.
+    """
+    params = from_kwargs(Params, kwargs, ALIASES)
+    return make_solver(
+        estimator(params), params.optimizer, track_exact=params.track_exact
+    )

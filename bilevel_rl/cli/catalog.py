@@ -32,16 +32,22 @@ def add_parser(sub) -> None:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from bilevel_rl.cli.solve import solve_suites
-    from bilevel_rl.config import ALGORITHMS, SUITES
+    from bilevel_rl.experiment.config import ALGORITHMS, SUITES
 
     sections = [
-        ("algorithms (bilevel-rl run --algorithm)", ALGORITHMS),
-        ("suites (bilevel-rl run --suite)", SUITES),
+        (
+            "algorithms (bilevel-rl run --algorithm)",
+            {name: module.DESCRIPTION for name, module in ALGORITHMS.items()},
+        ),
+        (
+            "suites (bilevel-rl run --suite)",
+            {name: suite.description for name, suite in SUITES.items()},
+        ),
     ]
     for title, entries in sections:
         print(title)
-        for name, entry in entries.items():
-            print(f"  {name:12s} {entry.description}")
+        for name, description in entries.items():
+            print(f"  {name:12s} {description}")
     print("suites (bilevel-rl solve --suite)")
     for name, (text, _) in solve_suites().items():
         print(f"  {name:12s} {text}")
@@ -58,9 +64,9 @@ def benchmark_dir(folder: str | None) -> pathlib.Path:
             pathlib.Path(__file__).resolve().parents[2] / "benchmarks",
         ]
         path = next(
-            (p for p in candidates if (p / "machine.py").is_file()), candidates[0]
+            (p for p in candidates if (p / "harness.py").is_file()), candidates[0]
         )
-    if not (path / "machine.py").is_file():
+    if not (path / "harness.py").is_file():
         raise UsageError(
             f"--dir: no benchmarks folder at {str(path)!r}; run from a source "
             "checkout or pass --dir"
@@ -70,7 +76,7 @@ def benchmark_dir(folder: str | None) -> pathlib.Path:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     folder = benchmark_dir(args.dir)
-    known = sorted(p.stem for p in folder.glob("*.py") if p.stem != "machine")
+    known = sorted(p.stem for p in folder.glob("*.py") if p.stem != "harness")
     if args.list:
         print("\n".join(known))
         return 0

@@ -8,8 +8,6 @@ import os
 import sys
 import time
 
-DTYPES = ("float32", "float64")
-
 
 class UsageError(Exception):
     """A user error: reported on one line, exit status 2."""

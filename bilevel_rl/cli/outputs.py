@@ -1,7 +1,7 @@
 """What ``bilevel-rl run`` leaves in its output folder.
 
 * ``config.toml`` — the resolved configuration (``--resume`` reads it back);
-* ``checkpoints/`` — the newest checkpoints (:mod:`bilevel_rl.checkpoint`);
+* ``checkpoints/`` — the newest checkpoints (:mod:`bilevel_rl.experiment.checkpoint`);
 * ``history.npz`` — every metric as ``[runs, iterations]``, the final leader
   variable (``x`` or ``x/<path>``, ``[runs, ...]``), ``instance`` and ``seed_index``
   (``[runs]``: which problem instance and which algorithm seed each run is),
@@ -23,7 +23,7 @@ import platform
 
 import numpy as np
 
-from bilevel_rl.algorithms import diverged_at
+from bilevel_rl.experiment import diverged_at
 
 QUANTILES = {"median": 50, "p10": 10, "p90": 90}
 

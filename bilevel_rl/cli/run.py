@@ -20,7 +20,6 @@ import time
 import tomllib
 
 from bilevel_rl.cli.common import (
-    DTYPES,
     Reporter,
     UsageError,
     nonnegative_int,
@@ -28,21 +27,25 @@ from bilevel_rl.cli.common import (
     positive_int,
     print_table,
 )
+from bilevel_rl.experiment.config import DTYPES, RUN_KEYS
 
-# option dest -> config key, for the options that set the configuration
-RUN_OPTIONS = {
-    "algorithm": "algorithm",
-    "suite": "suite",
-    "batch": "batch",
-    "seeds": "seeds",
-    "iterations": "iterations",
-    "seed": "seed",
-    "dtype": "dtype",
-    "chunk_size": "chunk_size",
-    "log_every": "log_every",
-    "checkpoint_every": "checkpoint_every",
-    "checkpoint_seconds": "checkpoint_seconds",
-}
+RUN_OPTIONS = tuple(f.name for f in RUN_KEYS)
+"""Option dests that set the configuration's top-level keys (one per key)."""
+
+
+def _run_key_option(parser, field) -> None:
+    """``--NAME`` for one top-level key, typed and documented by the key itself."""
+    kwargs = {"help": field.metadata["help"]}
+    if field.name == "dtype":
+        kwargs["choices"] = DTYPES
+    elif isinstance(field.default, bool):
+        raise TypeError(field.name)  # no boolean run keys
+    elif isinstance(field.default, int):
+        nonneg = field.metadata["nonnegative"]
+        kwargs["type"] = nonnegative_int if nonneg else positive_int
+    elif isinstance(field.default, float):
+        kwargs["type"] = positive_float
+    parser.add_argument("--" + field.name.replace("_", "-"), **kwargs)
 
 
 def add_parser(sub) -> None:
@@ -55,24 +58,17 @@ def add_parser(sub) -> None:
         "(3000 iterations, float64).",
     )
     run.add_argument("--config", help="TOML file (bilevel-rl config --example)")
-    run.add_argument("--algorithm", help="see bilevel-rl list")
-    run.add_argument("--suite", help="see bilevel-rl list")
-    run.add_argument("--batch", type=positive_int, help="problem instances")
-    run.add_argument("--seeds", type=positive_int, help="algorithm seeds per instance")
-    run.add_argument("--iterations", type=positive_int, help="outer iterations")
-    run.add_argument("--seed", type=nonnegative_int, help="master seed")
-    run.add_argument("--dtype", choices=DTYPES)
-    run.add_argument("--chunk-size", type=nonnegative_int, help="0 = from the L2 size")
-    run.add_argument("--log-every", type=positive_int, help="iterations per update")
-    run.add_argument("--checkpoint-every", type=positive_int, help="iterations")
-    run.add_argument("--checkpoint-seconds", type=positive_float, help="seconds")
+    for field in RUN_KEYS:
+        _run_key_option(run, field)
     run.add_argument(
         "-p",
         "--param",
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="an algorithm parameter, e.g. -p beta=0.01 (repeatable)",
+        help="an algorithm option, e.g. -p inner_steps=5 -p "
+        "optimizer.learning_rate=0.01 (repeatable; bilevel-rl config --example "
+        "--algorithm NAME lists them)",
     )
     run.add_argument(
         "--suite-param",
@@ -111,7 +107,7 @@ def add_parser(sub) -> None:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from bilevel_rl.config import ConfigError, example_config
+    from bilevel_rl.experiment.config import ConfigError, example_config
 
     try:
         text = example_config(args.algorithm, args.suite)
@@ -134,9 +130,11 @@ def cmd_config(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------- run
 
 
-def _parse_assignments(option: str, items: list[str]) -> dict:
-    """``NAME=VALUE`` pairs; VALUE is read as a TOML value (bare words as strings)."""
-    out = {}
+def _parse_assignments(option: str, items: list[str], base: dict) -> dict:
+    """``base`` updated by ``NAME=VALUE`` pairs; VALUE is read as a TOML value (bare
+    words as strings); a dotted NAME (``optimizer.learning_rate``) sets a key of a
+    table."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
     for item in items:
         name, sep, text = item.partition("=")
         if not sep or not name.strip():
@@ -145,7 +143,15 @@ def _parse_assignments(option: str, items: list[str]) -> dict:
             value = tomllib.loads(f"v = {text.strip()}")["v"]
         except tomllib.TOMLDecodeError:
             value = text.strip()
-        out[name.strip()] = value
+        *tables, key = name.strip().split(".")
+        target = out
+        for table in tables:
+            if not isinstance(target.setdefault(table, {}), dict):
+                raise UsageError(f"{option}: {table} is not a table ({item!r})")
+            target = target[table]
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            value = {**target[key], **value}
+        target[key] = value
     return out
 
 
@@ -162,7 +168,7 @@ def join_processes(args: argparse.Namespace) -> bool:
         if given:
             raise UsageError(f"{given[0]}: only with --distributed")
         return True
-    from bilevel_rl.distributed import initialize
+    from bilevel_rl.devices import initialize
 
     try:
         index, _ = initialize(*options.values())
@@ -179,7 +185,7 @@ def join_processes(args: argparse.Namespace) -> bool:
 def resolve_config(args: argparse.Namespace, primary: bool = True):
     """``(config, folder, resumed)`` from the options; validates everything.
     Only the ``primary`` process checks and creates the output folder."""
-    from bilevel_rl.config import ConfigError, load_config, make_config
+    from bilevel_rl.experiment.config import ConfigError, load_config, make_config
 
     if args.resume is not None:
         given = (
@@ -213,9 +219,9 @@ def resolve_config(args: argparse.Namespace, primary: bool = True):
         raise UsageError(f"--config: cannot read {args.config!r} ({err.strerror})")
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise UsageError(f"--config: {args.config!r} is malformed TOML ({err})")
-    for dest, key in RUN_OPTIONS.items():
+    for dest in RUN_OPTIONS:
         if getattr(args, dest) is not None:
-            values[key] = getattr(args, dest)
+            values[dest] = getattr(args, dest)
     for option, table, items in (
         ("--param", "algorithm_params", args.param),
         ("--suite-param", "suite_params", args.suite_param),
@@ -224,7 +230,7 @@ def resolve_config(args: argparse.Namespace, primary: bool = True):
             base = values.get(table, {})
             if not isinstance(base, dict):
                 raise UsageError(f"--config: {table} must be a table")
-            values[table] = {**base, **_parse_assignments(option, items)}
+            values[table] = _parse_assignments(option, items, base)
     try:
         cfg = make_config(values)
     except ConfigError as err:
@@ -259,9 +265,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         jax.config.update("jax_enable_x64", True)
     import numpy as np
 
-    from bilevel_rl.algorithms import run
     from bilevel_rl.cli import outputs
-    from bilevel_rl.config import build_problems, build_solver, to_toml
+    from bilevel_rl.experiment import run
+    from bilevel_rl.experiment.config import build_problems, build_solver, to_toml
 
     if not resumed and primary:
         outputs.write_atomic(os.path.join(folder, "config.toml"), to_toml(cfg))

@@ -14,7 +14,6 @@ from collections.abc import Callable
 import numpy as np
 
 from bilevel_rl.cli.common import (
-    DTYPES,
     Reporter,
     UsageError,
     check_writable,
@@ -23,6 +22,7 @@ from bilevel_rl.cli.common import (
     positive_int,
     print_table,
 )
+from bilevel_rl.experiment.config import DTYPES
 
 # ----------------------------------------------------------------------- suites
 
@@ -81,7 +81,7 @@ def solve_suites() -> dict[str, tuple[str, Callable]]:
             with_random_reward(lambda k, a: suites.chain_mdp(k, a.states, **common(a))),
         ),
         "sobirl": (
-            "SoBiRL synthetic instances (MATH.md §3) at their initial x0",
+            "SoBiRL synthetic instances (docs/math.md §3) at their initial x0",
             sobirl,
         ),
         "four_rooms": (
@@ -158,7 +158,7 @@ def cmd_solve(args: argparse.Namespace) -> int:
         jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp
 
-    from bilevel_rl.distributed import auto_chunk_size, solve_batch
+    from bilevel_rl.batched import auto_chunk_size, solve_batch
 
     registry = solve_suites()
     if args.list_suites:

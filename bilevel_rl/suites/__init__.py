@@ -1,4 +1,4 @@
-"""Problem generators (MATH.md §9).
+"""Problem generators (docs/math.md §9).
 
 Every stochastic generator takes a ``jax.Array`` PRNG key as its first argument, is
 pure JAX with static sizes, jits, and ``jax.vmap``-s over a batch of keys::

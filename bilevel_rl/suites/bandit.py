@@ -1,4 +1,4 @@
-"""One-state bandits for the AIHF examples (MATH.md §7).
+"""One-state bandits for the AIHF examples (docs/math.md §6).
 
 A bandit is a one-state MDP with ``gamma = 0``: its soft-optimal policy is
 ``softmax(r / tau + log pi0)``, so the tabular machinery applies unchanged. The
@@ -42,7 +42,7 @@ def bandit_mdp(
 
     References:
         Li et al., "Joint Demonstration and Preference Learning Improves Policy
-        Alignment with Human Feedback" (AIHF), Section 4; MATH.md §7.
+        Alignment with Human Feedback" (AIHF), Section 4; docs/math.md §6.
     """
     dtype = float_dtype(dtype)
     num_actions = check_size("num_actions", num_actions)
@@ -77,7 +77,7 @@ def aihf_gaussian_reward(
         ``[A]`` rewards; use ``r[None, :]`` with :func:`bandit_mdp`.
 
     References:
-        Li et al. (AIHF), Numerical Example 2; MATH.md §7.
+        Li et al. (AIHF), Numerical Example 2; docs/math.md §6.
     """
     dtype = float_dtype(dtype)
     num_actions = check_size("num_actions", num_actions)

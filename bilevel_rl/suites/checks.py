@@ -11,22 +11,15 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bilevel_rl.devices import physical_memory
+
 MEMORY_FRACTION = 0.5
 """A generated transition tensor may use at most this fraction of physical memory."""
-
-
-def physical_memory() -> int:
-    """Bytes of physical memory (16 GiB when the OS does not say)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 16 * 2**30
 
 
 def check_size(name: str, value, *, minimum: int = 1) -> int:

@@ -1,4 +1,4 @@
-"""Chains, gridworlds and the Four-Rooms incentive-design problem (MATH.md §9.3).
+"""Chains, gridworlds and the Four-Rooms incentive-design problem (docs/math.md §9).
 
 All three share one slip model: the intended move happens with probability
 ``1 - slip`` and each of the other ``A - 1`` moves with probability
@@ -215,7 +215,7 @@ def four_rooms(
     tau: float = 0.005,
     dtype=None,
 ) -> TabularMDP:
-    """HPGD-style Four-Rooms MDP (MATH.md §9.3).
+    """HPGD-style Four-Rooms MDP (docs/math.md §9).
 
     The 13x13 map :data:`FOUR_ROOMS_LAYOUT` (outer walls, classic inner walls,
     104 free cells = the states), 4 actions; the intended move happens with
@@ -342,7 +342,7 @@ def four_rooms_problem(
     dtype = mdp.P.dtype
     S = mdp.num_states
     data = IncentiveData(
-        mdp=mdp,
+        mdp=None,  # the problem passes its MDP (BilevelProblem.bound_data)
         base_reward=four_rooms_reward(goals, dtype=dtype),
         target=jnp.asarray(_one_hot_cells([target], S), dtype),
         cost=jnp.asarray(cost, dtype),

@@ -1,4 +1,4 @@
-"""Random tabular MDPs: Dirichlet rows and Garnet (MATH.md §9.2, §9.4).
+"""Random tabular MDPs: Dirichlet rows and Garnet (docs/math.md §9, §9.4).
 
 Every generator takes a ``jax.Array`` PRNG key first, is pure JAX (sizes are static
 Python ints), jits and ``jax.vmap``-s over a batch of keys. The initial distribution
@@ -111,8 +111,8 @@ def dirichlet_mdp(
     )
     shape = (num_states, num_actions)
     if isinstance(concentration, int | float) and concentration == 1.0:
-        # Dirichlet(1) = normalized i.i.d. Exp(1): ~100x faster on CPU than the
-        # generic gamma rejection sampler, same distribution.
+        # Dirichlet(1) = normalized i.i.d. Exp(1): the same distribution without the
+        # generic gamma rejection sampler's loop.
         P = jax.random.exponential(key, (*shape, num_states), dtype)
     else:
         alpha = jnp.full((num_states,), concentration, dtype)
@@ -179,7 +179,7 @@ def garnet_mdp(
 
     References:
         Archibald, McKinnon, Thomas, "On the generation of Markov decision
-        processes", J. Oper. Res. Soc. 1995; MATH.md §9.2.
+        processes", J. Oper. Res. Soc. 1995; docs/math.md §9.
     """
     dtype = float_dtype(dtype)
     num_states, num_actions = check_mdp_sizes(num_states, num_actions, dtype)
@@ -238,7 +238,7 @@ def random_mdp(
 
 @struct.dataclass
 class RewardFeatures:
-    """Reward features with a hidden realizable true reward (MATH.md §9.4).
+    """Reward features with a hidden realizable true reward (docs/math.md §9).
 
     Attributes:
         features: ``[S, A, d]`` features ``phi(s, a)``.

@@ -1,4 +1,4 @@
-"""Tabular RLHF (MATH.md §9.4): a hidden true reward, preferences from Bradley–Terry.
+"""Tabular RLHF (docs/math.md §9): a hidden true reward, preferences from Bradley–Terry.
 
 Two kinds of human feedback about the same hidden truth ``r* = phi x*``:
 
@@ -6,7 +6,7 @@ Two kinds of human feedback about the same hidden truth ``r* = phi x*``:
   :func:`tabular_rlhf_problem` is the bilevel problem whose leader fits the linear
   reward model ``r_x = phi x`` to Bradley–Terry labels of ``H``-step trajectory
   pairs drawn from the follower's own soft-optimal policy ``pi*_x``;
-* an offline data set (the AIHF/RLHF/DPO formulation, MATH.md §7):
+* an offline data set (the AIHF/RLHF/DPO formulation, docs/math.md §6):
   :func:`rlhf_alignment_data` draws expert demonstrations from the true
   soft-optimal policy and per-state action comparisons labelled by ``r*``.
 
@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from bilevel_rl.alignment import AlignmentData, aihf_problem
-from bilevel_rl.estimators import MAX_ENUMERATED_TUPLES, expected_trajectory_loss
+from bilevel_rl.enumeration import MAX_ENUMERATED_TUPLES, expected_trajectory_loss
 from bilevel_rl.mdp import TabularMDP
 from bilevel_rl.objectives import PreferenceData, rlhf_bce_loss
 from bilevel_rl.problem import BilevelProblem
@@ -63,14 +63,15 @@ class RLHFSuiteData:
         preferences: :class:`~bilevel_rl.objectives.PreferenceData` (features,
             hidden ``r*``, linear model).
         true_param: ``[d]`` hidden ``x*`` (for scoring only).
-        mdp: the follower's MDP (the exact upper objective enumerates its pairs).
+        mdp: the follower's MDP (the exact upper objective enumerates its pairs);
+            ``None`` in the suite's data: the problem passes its own.
         regularization: ``[]`` ridge weight ``lam``.
         horizon: ``H`` of the compared trajectories (static).
     """
 
     preferences: PreferenceData
     true_param: Array
-    mdp: TabularMDP
+    mdp: TabularMDP | None
     regularization: Array
     horizon: int = struct.field(pytree_node=False, default=2)
 
@@ -107,7 +108,7 @@ def tabular_rlhf_problem(
     regularization: float = 1e-3,
     dtype=None,
 ) -> BilevelProblem:
-    """A random tabular RLHF instance (MATH.md §9.4; jittable, vmappable over keys).
+    """A random tabular RLHF instance (docs/math.md §9; jittable, vmappable over keys).
 
     Dirichlet(1) transitions, uniform ``rho``; features ``phi ~ N(0, I/d)`` and a
     hidden ``x* ~ N(0, I_d)`` (:func:`random_reward_features`), ``r* = phi x*``; the
@@ -154,7 +155,7 @@ def tabular_rlhf_problem(
             truth.features, truth.true_reward, reward_fn=linear_reward
         ),
         true_param=truth.true_param,
-        mdp=mdp,
+        mdp=None,  # the problem passes its MDP (BilevelProblem.bound_data)
         regularization=jnp.asarray(regularization, dtype),
         horizon=horizon,
     )

@@ -13,7 +13,7 @@ tanh saturation and the softmax make ``phi(x)`` non-convex. Used by
 ``benchmarks/convergence_rates.py``.
 
 References:
-    MATH.md §4 (reward shaping upper level), §9.2 (random MDPs with feature
+    docs/math.md §4 (reward shaping upper level), §9.2 (random MDPs with feature
     rewards).
 """
 
@@ -43,14 +43,15 @@ class ShapingSuiteData:
     Attributes:
         features: ``[S, A, d]`` reward-model features ``Phi``.
         shaping: :class:`~bilevel_rl.objectives.ShapingData` (``r_u``, ``gamma``).
-        mdp: the follower's MDP (the upper objective needs ``P`` and ``rho``).
+        mdp: the follower's MDP (the upper objective needs ``P`` and ``rho``);
+            ``None`` in the suite's data: the problem passes its own.
         regularization: ``[]`` ridge weight ``lam``.
         horizon: ``H`` (static).
     """
 
     features: Array
     shaping: ShapingData
-    mdp: TabularMDP
+    mdp: TabularMDP | None
     regularization: Array
     horizon: int = struct.field(pytree_node=False, default=10)
 
@@ -127,7 +128,7 @@ def shaping_problem(
             upper_reward=jax.random.uniform(k_u, (num_states, num_actions), dtype),
             gamma=jnp.asarray(gamma, dtype),
         ),
-        mdp=mdp,
+        mdp=None,  # the problem passes its MDP (BilevelProblem.bound_data)
         regularization=jnp.asarray(regularization, dtype),
         horizon=horizon,
     )

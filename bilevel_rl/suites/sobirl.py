@@ -1,4 +1,4 @@
-"""The SoBiRL synthetic problem (MATH.md §3), exactly as in the authors' code.
+"""The SoBiRL synthetic problem (docs/math.md §3), exactly as in the authors' code.
 
 ``S = 10``, ``A = 5``, ``x in R^100``, ``gamma = 0.5``, ``tau = 1``;
 ``r_x(s, a) = c[s, a] * x^T M x`` and ``f(x, pi) = 0.5 ||x||^2 + 0.5 ||pi||_F^2``,
@@ -54,7 +54,7 @@ class SoBiRLData:
 def sobirl_transitions(
     key: PRNGKey, num_states: int, num_actions: int, *, dtype=None
 ) -> Array:
-    """The SoBiRL transition recipe (MATH.md §3).
+    """The SoBiRL transition recipe (docs/math.md §3).
 
     For each ``(s, a)``: a support size ``k`` uniform in ``{1, ..., S - 1}``, ``k``
     next states drawn without replacement (a random permutation, first ``k``
@@ -138,7 +138,7 @@ def sobirl_synthetic(
     tau: float = 1.0,
     dtype=None,
 ) -> BilevelProblem:
-    """The SoBiRL paper's synthetic bilevel problem (MATH.md §3).
+    """The SoBiRL paper's synthetic bilevel problem (docs/math.md §3).
 
     ``P`` from :func:`sobirl_transitions`; ``M ~ N(0, 1)^{d x d}``;
     ``c = u1 * u2`` with ``u1, u2 ~ U(0, 1)`` per ``(s, a)``; ``x0 ~ N(0, I_d)``;
@@ -162,7 +162,7 @@ def sobirl_synthetic(
     References:
         Yang, Gao, Yuan, "Bilevel Reinforcement Learning via the Development of
         Hyper-gradient without Lower-Level Convexity", AISTATS 2025, Section 7 and
-        the authors' code; MATH.md §3.
+        the authors' code; docs/math.md §3.
     """
     dtype = float_dtype(dtype)
     if check_mdp_sizes(num_states, num_actions, dtype)[0] < 2:

@@ -26,12 +26,22 @@ KEY = jax.random.key(7)
 def problems():
     k = jax.random.key(3)
     return {
-        "sobirl": suites.sobirl_synthetic(k, num_states=5, num_actions=3, dim=6, dtype=F64),
-        "shaping": suites.shaping_problem(k, num_states=5, num_actions=3, dim=4,
-                                          horizon=4, dtype=F64),
-        "alignment": suites.alignment_problem(k, num_states=4, num_actions=3, dim=3,
-                                              num_demos=20, demo_horizon=8,
-                                              num_comparisons=50, dtype=F64),
+        "sobirl": suites.sobirl_synthetic(
+            k, num_states=5, num_actions=3, dim=6, dtype=F64
+        ),
+        "shaping": suites.shaping_problem(
+            k, num_states=5, num_actions=3, dim=4, horizon=4, dtype=F64
+        ),
+        "alignment": suites.alignment_problem(
+            k,
+            num_states=4,
+            num_actions=3,
+            dim=3,
+            num_demos=20,
+            demo_horizon=8,
+            num_comparisons=50,
+            dtype=F64,
+        ),
         "four_rooms": suites.four_rooms_problem(dtype=F64),
     }
 
@@ -39,33 +49,72 @@ def problems():
 CASES = {
     # name: (suite, old make call)
     "exact": ("sobirl", lambda: al.exact.make(beta=0.05)),
-    "m_sobirl": ("sobirl", lambda: al.m_sobirl.make(beta=0.05, zeta=0.5, inner_steps=5)),
+    "m_sobirl": (
+        "sobirl",
+        lambda: al.m_sobirl.make(beta=0.05, zeta=0.5, inner_steps=5),
+    ),
     "m_sobirl_w0_data": ("sobirl", lambda: al.m_sobirl.make(beta=0.05, w0="data")),
-    "pbrl": ("sobirl", lambda: al.pbrl.make(beta=0.05, penalty=5.0, policy_step=0.5,
-                                             policy_steps=2)),
+    "pbrl": (
+        "sobirl",
+        lambda: al.pbrl.make(beta=0.05, penalty=5.0, policy_step=0.5, policy_steps=2),
+    ),
     "parl": ("sobirl", lambda: al.parl.make(beta=0.05, inner_steps=5, pg_step=0.5)),
-    "parl_sampled": ("shaping", lambda: al.parl.make(beta=0.05, inner_steps=5,
-                                                     num_samples=4)),
-    "sobirl": ("shaping", lambda: al.sobirl.make(beta=0.05, inner_steps=3,
-                                                 num_samples=4)),
-    "sobirl_pmd": ("shaping", lambda: al.sobirl.make(beta=0.05, inner_steps=3, eta=2.0,
-                                                     inner_tol=1e-3, num_samples=4)),
-    "stoc_sobirl": ("shaping", lambda: al.stoc_sobirl.make(num_samples=3, num_rollouts=2,
-                                                           rollout_length=5,
-                                                           inner_steps=3)),
-    "stoc_sobirl_average": ("shaping", lambda: al.stoc_sobirl.make(
-        momentum="average", num_samples=3, num_rollouts=2, rollout_length=5,
-        inner_steps=3)),
-    "stoc_sobirl_average_const": ("shaping", lambda: al.stoc_sobirl.make(
-        momentum="average", average_weight=0.3, num_samples=3, num_rollouts=2,
-        rollout_length=5, inner_steps=3, eta=1.5)),
+    "parl_sampled": (
+        "shaping",
+        lambda: al.parl.make(beta=0.05, inner_steps=5, num_samples=4),
+    ),
+    "sobirl": (
+        "shaping",
+        lambda: al.sobirl.make(beta=0.05, inner_steps=3, num_samples=4),
+    ),
+    "sobirl_pmd": (
+        "shaping",
+        lambda: al.sobirl.make(
+            beta=0.05, inner_steps=3, eta=2.0, inner_tol=1e-3, num_samples=4
+        ),
+    ),
+    "stoc_sobirl": (
+        "shaping",
+        lambda: al.stoc_sobirl.make(
+            num_samples=3, num_rollouts=2, rollout_length=5, inner_steps=3
+        ),
+    ),
+    "stoc_sobirl_average": (
+        "shaping",
+        lambda: al.stoc_sobirl.make(
+            momentum="average",
+            num_samples=3,
+            num_rollouts=2,
+            rollout_length=5,
+            inner_steps=3,
+        ),
+    ),
+    "stoc_sobirl_average_const": (
+        "shaping",
+        lambda: al.stoc_sobirl.make(
+            momentum="average",
+            average_weight=0.3,
+            num_samples=3,
+            num_rollouts=2,
+            rollout_length=5,
+            inner_steps=3,
+            eta=1.5,
+        ),
+    ),
     "aihf": ("alignment", lambda: al.aihf.make(eta=0.5, inner_steps=3)),
-    "aihf_sampled": ("alignment", lambda: al.aihf.make(eta=0.5, inner_steps=3,
-                                                       num_trajectories=5, horizon=6,
-                                                       pmd_eta=3.0)),
+    "aihf_sampled": (
+        "alignment",
+        lambda: al.aihf.make(
+            eta=0.5, inner_steps=3, num_trajectories=5, horizon=6, pmd_eta=3.0
+        ),
+    ),
     "drlhf": ("alignment", lambda: al.drlhf.make(eta=0.5, inner_steps=2)),
-    "hpgd": ("four_rooms", lambda: al.hpgd.make(upper_reward=target_reward, beta=0.1,
-                                                num_trajectories=4, horizon=20)),
+    "hpgd": (
+        "four_rooms",
+        lambda: al.hpgd.make(
+            upper_reward=target_reward, beta=0.1, num_trajectories=4, horizon=20
+        ),
+    ),
 }
 
 

@@ -3,7 +3,7 @@
 One compiled program initializes the state (``init``) and one advances it by a
 segment of iterations (``lax.scan`` of ``step``); a batch of problems is
 ``jax.vmap``-ed, chunked to the cache and sharded over the devices of every process
-(:func:`bilevel_rl.distributed.batch_map`). Both programs are compiled ahead of time,
+(:func:`bilevel_rl.devices.batch_map`). Both programs are compiled ahead of time,
 once per process and shape, so their compile time is reported separately.
 
 Faults: after every step the new state and metrics are tested for NaN/inf. An
@@ -14,7 +14,7 @@ from the history.
 
 Checkpoints: with ``checkpoint_dir`` the run advances in segments of
 ``segment_length`` iterations and saves the state, the keys and the history so far
-(:mod:`bilevel_rl.checkpoint`) every ``checkpoint_every`` iterations or
+(:mod:`bilevel_rl.experiment.checkpoint`) every ``checkpoint_every`` iterations or
 ``checkpoint_seconds`` seconds and at the end. Calling :func:`run` again with the
 same folder resumes from the newest intact checkpoint; the result equals an
 uninterrupted run with the same segment length bitwise.
@@ -32,9 +32,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bilevel_rl import checkpoint
 from bilevel_rl.algorithms.base import Solver, check_positive, check_x0
-from bilevel_rl.distributed import batch_map, cache_bytes, replicate, replicated
+from bilevel_rl.devices import batch_map, cache_bytes, replicate, replicated
+from bilevel_rl.experiment import checkpoint
 from bilevel_rl.problem import BilevelProblem
 from bilevel_rl.types import PRNGKey
 

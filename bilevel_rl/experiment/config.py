@@ -1,28 +1,30 @@
 """Run configurations: the algorithms and suites by name, TOML files, validation.
 
 A :class:`RunConfig` names an algorithm and a problem suite and sets sizes, seeds
-and the keyword arguments of the algorithm's ``make`` and of the suite's generator.
-It is what ``bilevel-rl run`` executes and what it saves as ``config.toml`` in the
-output folder (read back by ``--resume``). Every rule is checked here, outside jit,
-and a broken rule raises :class:`ConfigError` naming the key::
+and the options of the algorithm (the fields of its module's ``Params``) and of the
+suite's generator. It is what ``bilevel-rl run`` executes and what it saves as
+``config.toml`` in the output folder (read back by ``--resume``). Every rule is
+checked here, outside jit, and a broken rule raises :class:`ConfigError` naming the
+key::
 
     cfg = load_config("run.toml")               # or RunConfig() for the main job
     problems, keys = build_problems(cfg)        # a batch of batch * seeds runs
     solver = build_solver(cfg)
 
-The configurable parameters of an algorithm or suite are the keyword arguments of
-its ``make``/generator whose defaults are scalars (bool, int, float, str); their
-types follow the defaults.
+The algorithm options are the fields of ``bilevel_rl.algorithms.<name>.Params``
+(an ``optimizer`` is a table ``{name = "adam", learning_rate = 1e-3, ...}`` merged
+onto the default one; an option whose default is unset is omitted). A suite's
+options are the keyword arguments of its generator whose defaults are scalars.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import inspect
 import math
 import tomllib
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 from bilevel_rl.algorithms import (
@@ -36,9 +38,10 @@ from bilevel_rl.algorithms import (
     sobirl,
     stoc_sobirl,
 )
-from bilevel_rl.algorithms.hpgd import target_reward
+from bilevel_rl.algorithms.params import Optimizer, rename_deprecated
+from bilevel_rl.devices import physical_memory
 from bilevel_rl.suites import four_rooms_problem, shaping_problem, sobirl_synthetic
-from bilevel_rl.suites.checks import MEMORY_FRACTION, physical_memory
+from bilevel_rl.suites.checks import MEMORY_FRACTION
 from bilevel_rl.suites.rlhf import alignment_problem, tabular_rlhf_problem
 
 DTYPES = ("float32", "float64")
@@ -53,22 +56,26 @@ class ConfigError(ValueError):
     """A configuration that breaks a rule; the message names the key."""
 
 
+ALGORITHMS: dict[str, ModuleType] = {
+    module.__name__.rsplit(".", 1)[-1]: module
+    for module in (exact, m_sobirl, pbrl, parl, sobirl, stoc_sobirl, aihf, drlhf, hpgd)
+}
+"""Algorithm modules by name; each has ``DESCRIPTION``, ``NEEDS``, ``Params``,
+``estimator`` and ``make``."""
+
+
 @dataclasses.dataclass(frozen=True)
-class Entry:
-    """An algorithm or suite by name.
+class Suite:
+    """A problem suite by name.
 
     Attributes:
         description: one line for ``bilevel-rl list``.
-        build: ``make(**params)`` for an algorithm; ``generator(key, **params,
-            dtype=...)`` for a suite.
-        needs: (algorithms) what the problem must provide, one of :data:`KINDS`
-            (``None``: any problem).
-        provides: (suites) the :data:`KINDS` its problems provide.
+        build: ``generator(key, **params, dtype=...) -> BilevelProblem``.
+        provides: the :data:`KINDS` its problems provide.
     """
 
     description: str
     build: Callable[..., Any]
-    needs: str | None = None
     provides: tuple[str, ...] = ()
 
     def defaults(self) -> dict[str, Any]:
@@ -83,93 +90,48 @@ class Entry:
         }
 
 
-ALGORITHMS: dict[str, Entry] = {
-    "exact": Entry(
-        "hyper-gradient descent with the exact adjoint hyper-gradient (the oracle)",
-        exact.make,
-    ),
-    "m_sobirl": Entry(
-        "M-SoBiRL (Yang, Gao & Yuan 2025, Alg. 2): model-based, one adjoint step per "
-        "iteration",
-        m_sobirl.make,
-    ),
-    "pbrl": Entry(
-        "PBRL (Shen et al. 2024): value-penalty single-level reformulation",
-        pbrl.make,
-    ),
-    "parl": Entry(
-        "A-PARL (Chakraborty et al. 2024): softmax-logit PG follower, HVP + CG "
-        "hyper-gradient",
-        parl.make,
-    ),
-    "sobirl": Entry(
-        "SoBiRL (Alg. 1): PMD inner loop, exact dQ/dV, sampled outer trajectories",
-        sobirl.make,
-        needs="trajectories",
-    ),
-    "stoc_sobirl": Entry(
-        "Stoc-SoBiRL (Algs. 3-4): fully sampled hyper-gradient with STORM momentum",
-        stoc_sobirl.make,
-        needs="trajectories",
-    ),
-    "aihf": Entry(
-        "AIHF (Li et al. 2024, Alg. 1): demonstrations + preferences, Lemma 5.1",
-        aihf.make,
-        needs="alignment",
-    ),
-    "drlhf": Entry(
-        "DRLHF (Christiano et al. 2017): alternating Bradley-Terry reward / policy",
-        drlhf.make,
-        needs="alignment",
-    ),
-    "hpgd": Entry(
-        "HPGD (Thoma et al. 2024): hyper-policy gradient, exact soft best response",
-        functools.partial(hpgd.make, upper_reward=target_reward),
-        needs="incentive",
-    ),
-}
-
-SUITES: dict[str, Entry] = {
-    "sobirl": Entry(
-        "SoBiRL synthetic instances: quadratic upper level, optimum f* = 1 (MATH §3)",
+SUITES: dict[str, Suite] = {
+    "sobirl": Suite(
+        "SoBiRL synthetic instances: quadratic upper level, optimum f* = 1 "
+        "(docs/math.md §3)",
         sobirl_synthetic,
     ),
-    "shaping": Entry(
+    "shaping": Suite(
         "random MDPs, tanh-feature reward shaping, non-convex trajectory loss",
         shaping_problem,
         provides=("trajectories",),
     ),
-    "four_rooms": Entry(
-        "HPGD Four-Rooms incentive design (104 cells, 4 actions, MATH §9.3)",
+    "four_rooms": Suite(
+        "HPGD Four-Rooms incentive design (104 cells, 4 actions, docs/math.md §9)",
         four_rooms_problem,
         provides=("incentive",),
     ),
-    "rlhf": Entry(
-        "tabular RLHF (MATH §9.4): linear reward model, Bradley-Terry trajectory pairs",
+    "rlhf": Suite(
+        "tabular RLHF (docs/math.md §9): linear reward model, Bradley-Terry "
+        "trajectory pairs",
         tabular_rlhf_problem,
         provides=("trajectories",),
     ),
-    "alignment": Entry(
-        "tabular AIHF data: expert demonstrations + per-state comparisons (MATH §7)",
+    "alignment": Suite(
+        "tabular AIHF data: expert demonstrations + per-state comparisons "
+        "(docs/math.md §6)",
         alignment_problem,
         provides=("alignment",),
     ),
 }
 
-TOP_LEVEL = {
-    "algorithm": ("m_sobirl", "algorithm (bilevel-rl list shows them)"),
-    "suite": ("sobirl", "problem suite"),
-    "batch": (256, "problem instances, each generated from its own key"),
-    "seeds": (1, "algorithm seeds per instance: batch * seeds runs in one call"),
-    "iterations": (3000, "outer iterations"),
-    "seed": (0, "master seed of the instances and the algorithm keys"),
-    "dtype": ("float64", "float32 or float64"),
-    "chunk_size": (0, "instances per cache chunk; 0 = from the L2 size"),
-    "log_every": (100, "iterations per compiled segment (one progress update)"),
-    "checkpoint_every": (500, "iterations between checkpoints (whole segments)"),
-    "checkpoint_seconds": (60.0, "also checkpoint after this many seconds"),
-}
-_NONNEGATIVE = {"seed", "chunk_size"}
+
+def algorithm_options(name: str) -> list[dataclasses.Field]:
+    """The fields of ``algorithms.<name>.Params`` (default, help, rule)."""
+    return list(dataclasses.fields(ALGORITHMS[name].Params))
+
+
+def _key(default, help: str, *, nonnegative: bool = False):
+    return dataclasses.field(
+        default=default, metadata={"help": help, "nonnegative": nonnegative}
+    )
+
+
 HISTORY_BYTES_PER_ITERATION = 16 * 8
 """Bound on the history one run records per iteration (<= 16 float64 metrics)."""
 
@@ -179,23 +141,33 @@ class RunConfig:
     """One ``bilevel-rl run``; the defaults are the main job (M-SoBiRL on 256 SoBiRL
     synthetic instances, 3000 iterations, float64)."""
 
-    algorithm: str = TOP_LEVEL["algorithm"][0]
-    suite: str = TOP_LEVEL["suite"][0]
-    batch: int = TOP_LEVEL["batch"][0]
-    seeds: int = TOP_LEVEL["seeds"][0]
-    iterations: int = TOP_LEVEL["iterations"][0]
-    seed: int = TOP_LEVEL["seed"][0]
-    dtype: str = TOP_LEVEL["dtype"][0]
-    chunk_size: int = TOP_LEVEL["chunk_size"][0]
-    log_every: int = TOP_LEVEL["log_every"][0]
-    checkpoint_every: int = TOP_LEVEL["checkpoint_every"][0]
-    checkpoint_seconds: float = TOP_LEVEL["checkpoint_seconds"][0]
+    algorithm: str = _key("m_sobirl", "algorithm (bilevel-rl list shows them)")
+    suite: str = _key("sobirl", "problem suite")
+    batch: int = _key(256, "problem instances, each generated from its own key")
+    seeds: int = _key(1, "algorithm seeds per instance: batch * seeds runs in one call")
+    iterations: int = _key(3000, "outer iterations")
+    seed: int = _key(
+        0, "master seed of the instances and the algorithm keys", nonnegative=True
+    )
+    dtype: str = _key("float64", "float32 or float64")
+    chunk_size: int = _key(
+        0, "instances per cache chunk; 0 = from the L2 size", nonnegative=True
+    )
+    log_every: int = _key(100, "iterations per compiled segment (one progress update)")
+    checkpoint_every: int = _key(500, "iterations between checkpoints (whole segments)")
+    checkpoint_seconds: float = _key(60.0, "also checkpoint after this many seconds")
     algorithm_params: dict = dataclasses.field(default_factory=dict)
     suite_params: dict = dataclasses.field(default_factory=dict)
 
     @property
     def num_runs(self) -> int:
         return self.batch * self.seeds
+
+
+RUN_KEYS: tuple[dataclasses.Field, ...] = tuple(
+    f for f in dataclasses.fields(RunConfig) if not f.name.endswith("_params")
+)
+"""The top-level keys of a configuration (default, help, ``nonnegative``)."""
 
 
 def make_config(values: dict[str, Any]) -> RunConfig:
@@ -212,33 +184,38 @@ def make_config(values: dict[str, Any]) -> RunConfig:
     if not isinstance(values, dict):
         raise ConfigError(f"config: expected a table of keys, got {type(values)}")
     tables = {"algorithm_params", "suite_params"}
+    names = [f.name for f in RUN_KEYS]
     for key in values:
-        if key not in TOP_LEVEL and key not in tables:
+        if key not in names and key not in tables:
             raise ConfigError(
                 f"{key}: unknown config key; known keys are "
-                f"{sorted(TOP_LEVEL) + sorted(tables)}"
+                f"{sorted(names) + sorted(tables)}"
             )
-    top = {k: _check_value(k, values.get(k, d), d) for k, (d, _) in TOP_LEVEL.items()}
+    top = {
+        f.name: _check_value(f.name, values.get(f.name, f.default), f.default)
+        for f in RUN_KEYS
+    }
+    nonnegative = {f.name for f in RUN_KEYS if f.metadata["nonnegative"]}
     for key, value in top.items():
         if isinstance(value, int | float) and not isinstance(value, bool):
-            low = 0 if key in _NONNEGATIVE else 1e-300
+            low = 0 if key in nonnegative else 1e-300
             if not (math.isfinite(value) and value >= low):
-                rule = ">= 0" if key in _NONNEGATIVE else "> 0"
+                rule = ">= 0" if key in nonnegative else "> 0"
                 raise ConfigError(f"{key}: must be finite and {rule}, got {value!r}")
     if top["seed"] >= 2**32:
         raise ConfigError(f"seed: must be < 2**32, got {top['seed']}")
     _check_choice("algorithm", top["algorithm"], ALGORITHMS)
     _check_choice("suite", top["suite"], SUITES)
     _check_choice("dtype", top["dtype"], DTYPES)
-    algorithm, suite = ALGORITHMS[top["algorithm"]], SUITES[top["suite"]]
-    if algorithm.needs is not None and algorithm.needs not in suite.provides:
-        fitting = sorted(k for k, v in SUITES.items() if algorithm.needs in v.provides)
+    needs, suite = ALGORITHMS[top["algorithm"]].NEEDS, SUITES[top["suite"]]
+    if needs is not None and needs not in suite.provides:
+        fitting = sorted(k for k, v in SUITES.items() if needs in v.provides)
         raise ConfigError(
-            f"suite: {top['algorithm']} needs {KINDS[algorithm.needs]}, which "
+            f"suite: {top['algorithm']} needs {KINDS[needs]}, which "
             f"{top['suite']!r} does not provide; use one of {fitting}"
         )
-    algo_params = _check_params(
-        "algorithm_params", values.get("algorithm_params", {}), algorithm
+    algo_params = _check_algorithm_params(
+        top["algorithm"], values.get("algorithm_params", {})
     )
     suite_params = _check_params("suite_params", values.get("suite_params", {}), suite)
     cfg = RunConfig(**top, algorithm_params=algo_params, suite_params=suite_params)
@@ -273,18 +250,24 @@ def to_toml(cfg: RunConfig, *, comments: bool = False) -> str:
             "# `bilevel-rl list` shows the algorithms and suites.",
             "",
         ]
-    for key, (_, text) in TOP_LEVEL.items():
-        line = f"{key} = {_toml_value(getattr(cfg, key))}"
-        lines.append(f"{line:<32}# {text}" if comments else line)
+    for f in RUN_KEYS:
+        line = f"{f.name} = {_toml_value(getattr(cfg, f.name))}"
+        lines.append(f"{line:<31} # {f.metadata['help']}" if comments else line)
+    helps = {f.name: f.metadata["help"] for f in algorithm_options(cfg.algorithm)}
     for table, owner in (
-        ("algorithm_params", f"bilevel_rl.algorithms.{cfg.algorithm}.make"),
+        ("algorithm_params", f"bilevel_rl.algorithms.{cfg.algorithm}.Params"),
         ("suite_params", f"the {cfg.suite!r} suite generator"),
     ):
         lines += [
             "",
-            f"[{table}]" + (f"  # keyword arguments of {owner}" if comments else ""),
+            f"[{table}]" + (f"  # fields of {owner}" if comments else ""),
         ]
-        lines += [f"{k} = {_toml_value(v)}" for k, v in getattr(cfg, table).items()]
+        for k, v in getattr(cfg, table).items():
+            text = helps.get(k) if table == "algorithm_params" else None
+            line = f"{k} = {_toml_value(v)}"
+            if v is None:  # unset: TOML has no null; the key is omitted
+                line = f"# {k} = (unset)"
+            lines.append(f"{line:<31} # {text}" if comments and text else line)
     return "\n".join(lines) + "\n"
 
 
@@ -292,7 +275,7 @@ def example_config(algorithm: str = "m_sobirl", suite: str | None = None) -> str
     """A commented TOML file for ``algorithm`` (and a suite it can run on)."""
     _check_choice("algorithm", algorithm, ALGORITHMS)
     if suite is None:
-        needs = ALGORITHMS[algorithm].needs
+        needs = ALGORITHMS[algorithm].NEEDS
         suite = next((k for k, v in SUITES.items() if needs in v.provides), "sobirl")
     return to_toml(make_config({"algorithm": algorithm, "suite": suite}), comments=True)
 
@@ -300,12 +283,20 @@ def example_config(algorithm: str = "m_sobirl", suite: str | None = None) -> str
 # ----------------------------------------------------------- building the run
 
 
-def build_solver(cfg: RunConfig):
-    """The algorithm's ``Solver`` from ``cfg.algorithm_params``."""
+def build_params(cfg: RunConfig):
+    """``algorithms.<name>.Params`` from ``cfg.algorithm_params``."""
+    values = {k: v for k, v in cfg.algorithm_params.items() if v is not None}
     try:
-        return ALGORITHMS[cfg.algorithm].build(**cfg.algorithm_params)
+        return ALGORITHMS[cfg.algorithm].Params(**values)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"algorithm_params.{err}") from None
+
+
+def build_solver(cfg: RunConfig):
+    """The algorithm's ``Solver`` from ``cfg.algorithm_params``."""
+    params = build_params(cfg)
+    fields = {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
+    return ALGORITHMS[cfg.algorithm].make(**fields)
 
 
 def build_problems(cfg: RunConfig):
@@ -353,7 +344,58 @@ def _check_choice(key: str, value: str, choices) -> None:
         )
 
 
-def _check_params(table: str, values: Any, entry: Entry) -> dict[str, Any]:
+def _check_algorithm_params(name: str, values: Any) -> dict[str, Any]:
+    """Every ``Params`` field of algorithm ``name``: typed like its default; an
+    optimizer table merged onto the default optimizer; unset ones ``None``."""
+    table = "algorithm_params"
+    if not isinstance(values, dict):
+        raise ConfigError(f"{table}: expected a table, got {type(values).__name__}")
+    module = ALGORITHMS[name]
+    try:
+        values = rename_deprecated(
+            module.Params, values, getattr(module, "ALIASES", {})
+        )
+    except TypeError as err:
+        raise ConfigError(f"{table}.{err}") from None
+    fields = {f.name: f for f in algorithm_options(name)}
+    for key in values:
+        if key not in fields:
+            raise ConfigError(
+                f"{table}.{key}: unknown parameter; known: {sorted(fields)}"
+            )
+    out = {}
+    for key, f in fields.items():
+        default = (
+            f.default
+            if f.default_factory is dataclasses.MISSING
+            else f.default_factory()
+        )
+        value = values.get(key, default)
+        if isinstance(default, Optimizer):
+            if isinstance(value, dict):
+                try:
+                    value = Optimizer.from_dict({**default.to_dict(), **value})
+                except (TypeError, ValueError) as err:
+                    raise ConfigError(f"{table}.{err}") from None
+            elif not isinstance(value, Optimizer):
+                raise ConfigError(
+                    f"{table}.{key}: expected a table {{name = ..., learning_rate = "
+                    f"...}}, got {value!r}"
+                )
+        elif default is None:
+            if not (value is None or isinstance(value, int | float)) or isinstance(
+                value, bool
+            ):
+                raise ConfigError(f"{table}.{key}: expected a number, got {value!r}")
+        elif callable(value) and not isinstance(default, str | bool | int | float):
+            pass
+        else:
+            value = _check_value(f"{table}.{key}", value, default)
+        out[key] = value
+    return out
+
+
+def _check_params(table: str, values: Any, entry: Suite) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise ConfigError(f"{table}: expected a table, got {type(values).__name__}")
     defaults = entry.defaults()
@@ -401,6 +443,9 @@ def _check_memory(cfg: RunConfig, instance) -> None:
 
 
 def _toml_value(value: Any) -> str:
+    if isinstance(value, Optimizer):
+        items = ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.to_dict().items())
+        return "{" + items + "}"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
@@ -410,3 +455,47 @@ def _toml_value(value: Any) -> str:
             return "inf" if value > 0 else "-inf"
         return repr(value)
     return str(value)
+
+
+def config_reference() -> str:
+    """Markdown reference of every algorithm's options, generated from ``Params``
+    (``docs/config.md`` is this text; a test keeps them equal)."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from each algorithm's `Params` by",
+        "`python -m bilevel_rl.experiment.config` (do not edit by hand). Set an option",
+        "in a TOML file under `[algorithm_params]` or with `bilevel-rl run -p",
+        "NAME=VALUE` (`-p optimizer.learning_rate=0.01` sets one key of the optimizer",
+        "table; a partial table is merged onto the default optimizer).",
+        "`bilevel-rl config --example --algorithm NAME` writes a commented file.",
+        "",
+        "## Top-level keys",
+        "",
+        "| key | default | meaning |",
+        "| --- | --- | --- |",
+    ]
+    lines += [
+        f"| `{f.name}` | `{_toml_value(f.default)}` | {f.metadata['help']} |"
+        for f in RUN_KEYS
+    ]
+    for name, module in ALGORITHMS.items():
+        needs = KINDS[module.NEEDS] if module.NEEDS else "any problem"
+        lines += [
+            "",
+            f"## `{name}`: {module.DESCRIPTION}",
+            "",
+            f"Needs: {needs}.",
+            "",
+            "| option | default | meaning |",
+            "| --- | --- | --- |",
+        ]
+        for f in algorithm_options(name):
+            default = getattr(module.Params(), f.name)
+            shown = "unset" if default is None else _toml_value(default)
+            lines.append(f"| `{f.name}` | `{shown}` | {f.metadata['help']} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(config_reference(), end="")
