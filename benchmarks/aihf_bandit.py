@@ -17,25 +17,18 @@ Writes ``benchmarks/results/aihf_bandit.json`` and ``.png``.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import time
+import sys
 
+import harness
 import jax
 
 jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp  # noqa: E402
-import matplotlib  # noqa: E402
 import numpy as np  # noqa: E402
-from machine import cpu_model  # noqa: E402
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 from bilevel_rl import soft_optimal_policy  # noqa: E402
-from bilevel_rl.algorithms import exact, run  # noqa: E402
+from bilevel_rl.algorithms import Optimizer, exact  # noqa: E402
 from bilevel_rl.alignment import (  # noqa: E402
     AlignmentData,
     aihf_problem,
@@ -46,9 +39,10 @@ from bilevel_rl.alignment import (  # noqa: E402
     sft_policy,
     total_variation,
 )
+from bilevel_rl.experiment import run  # noqa: E402
 from bilevel_rl.suites import aihf_gaussian_reward, bandit_mdp  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+NAME = "aihf_bandit"
 
 
 def two_action_examples() -> list[dict]:
@@ -64,8 +58,8 @@ def two_action_examples() -> list[dict]:
         r_hat = fit_bradley_terry(wins)
         pi_sft = sft_policy(counts)
         problem = aihf_problem(mdp, data)
-        state, _ = run(exact.make(beta=0.5 / (1 + float(data.alpha))), problem,
-                       jax.random.key(0), 300)  # fmt: skip
+        step = Optimizer(learning_rate=0.5 / (1 + float(data.alpha)))
+        state, _ = run(exact.make(optimizer=step), problem, jax.random.key(0), 300)
         got = [
             float(pi_sft[0, 0]),
             float(soft_optimal_policy(mdp, r_hat)[0, 0]),
@@ -107,12 +101,17 @@ def example_2(repeats: int, num_demos: int, per_pair: int, covered: int):
         return data, pi_sft, pi_rlhf, pi_dpo
 
     keys = jax.random.split(jax.random.key(2025), repeats)
-    t0 = time.perf_counter()
-    data, pi_sft, pi_rlhf, pi_dpo = jax.block_until_ready(baselines(keys))
-    problems = jax.vmap(lambda d: aihf_problem(mdp, d))(data)
-    state, hist = run(exact.make(beta=100.0), problems, keys, 300)
-    pi_aihf = jax.vmap(lambda x: soft_optimal_policy(mdp, x))(state.x)
-    seconds = time.perf_counter() - t0
+
+    def estimate():
+        data, pi_sft, pi_rlhf, pi_dpo = baselines(keys)
+        problems = jax.vmap(lambda d: aihf_problem(mdp, d))(data)
+        state, hist = run(
+            exact.make(optimizer=Optimizer(learning_rate=100.0)), problems, keys, 300
+        )
+        pi_aihf = jax.vmap(lambda x: soft_optimal_policy(mdp, x))(state.x)
+        return pi_sft, pi_rlhf, pi_dpo, pi_aihf, hist
+
+    seconds, _, (pi_sft, pi_rlhf, pi_dpo, pi_aihf, hist) = harness.once(estimate)
     estimates = {"SFT": pi_sft, "RLHF": pi_rlhf, "DPO": pi_dpo, "AIHF": pi_aihf}
     result = {"ground_truth_uncovered_mass": float(truth[0, covered:].sum())}
     for name, pi in estimates.items():
@@ -132,7 +131,8 @@ def example_2(repeats: int, num_demos: int, per_pair: int, covered: int):
     return result, np.asarray(truth[0])
 
 
-def plot(result, truth, covered, path):
+def plot(result, truth, covered):
+    plt = harness.pyplot()
     fig, axes = plt.subplots(
         1, 2, figsize=(12, 3.8), gridspec_kw={"width_ratios": [3, 1]}
     )
@@ -154,46 +154,33 @@ def plot(result, truth, covered, path):
     ax.set_ylabel("TV distance to ground truth")
     fig.suptitle("AIHF Numerical Example 2 (50 actions, demos on 1..45)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv=None):
+    parser = harness.parser(__doc__)
     parser.add_argument("--repeats", type=int, default=100)
-    parser.add_argument("--quick", action="store_true", help="tiny smoke run")
-    parser.add_argument(
-        "--out", default=os.path.join(HERE, "results", "aihf_bandit"),
-        help="result path prefix (.json and .png are added)",
-    )  # fmt: skip
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     repeats = 3 if args.quick else args.repeats
+    bench = harness.Bench(NAME, args, argv)
     examples = two_action_examples()
     result, truth = example_2(repeats, 2000, 200, 45)
-    record = {
-        "benchmark": "aihf_bandit",
-        "machine": cpu_model(),
-        "jax_version": jax.__version__,
-        "two_action_examples": examples,
-        "numerical_example_2": {
-            "repeats": repeats,
-            "num_demos": 2000,
-            "comparisons_per_pair": 200,
-            "covered_actions": 45,
-            **result,
-        },
+    bench.result["two_action_examples"] = examples
+    bench.result["numerical_example_2"] = {
+        "repeats": repeats,
+        "num_demos": 2000,
+        "comparisons_per_pair": 200,
+        "covered_actions": 45,
+        **result,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + ".json", "w") as fh:
-        json.dump(record, fh, indent=2)
-    plot(result, truth, 45, args.out + ".png")
+    bench.save(plot(result, truth, 45))
     for ex in examples:
-        print("two-action example", ex["pi1"], "max error", ex["max_abs_error"])
+        bench.log(f"two-action example {ex['pi1']} max error {ex['max_abs_error']}")
     for name in ("SFT", "RLHF", "DPO", "AIHF"):
         r = result[name]
-        print(f"{name:5s} TV {r['tv_mean']:.4f} ± {r['tv_stderr']:.4f}   "
-              f"mass on 46..50 {r['uncovered_mass_mean']:.4f}")  # fmt: skip
+        bench.log(f"{name:5s} TV {r['tv_mean']:.4f} ± {r['tv_stderr']:.4f}   "
+                  f"mass on 46..50 {r['uncovered_mass_mean']:.4f}")  # fmt: skip
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -3,7 +3,7 @@
 On a batch of random reward-shaping instances (``suites.shaping_problem``:
 Dirichlet MDPs, ``r_x = tanh(Phi x)``, the leader's negative H-step return plus a
 ridge term; non-convex in ``x``), every method runs ``K`` iterations for the whole
-batch in one compiled call and records the exact ``‖∇φ(x_k)‖`` (MATH.md §2). For a
+batch in one compiled call and records the exact ``‖∇φ(x_k)‖`` (docs/math.md §2). For a
 grid of ``K`` in [100, K_max] we report, averaged over the batch,
 
 * ``avg_sq(K) = (1/K) sum_{k<K} ‖∇φ(x_k)‖²`` (the quantity the theory bounds:
@@ -20,32 +20,27 @@ Usage: ``python benchmarks/convergence_rates.py [--batch 512] [--iters 3000]``.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import time
+import sys
 
-os.environ.setdefault(
-    "XLA_FLAGS", f"--xla_force_host_platform_device_count={os.cpu_count()}"
-)
-
-import jax  # noqa: E402
+import harness
+import jax
 
 jax.config.update("jax_enable_x64", True)
 
 import numpy as np  # noqa: E402
-from machine import cpu_model  # noqa: E402
 
 from bilevel_rl.algorithms import (  # noqa: E402
+    Optimizer,
     exact,
     m_sobirl,
-    run,
     sobirl,
     stoc_sobirl,
 )
+from bilevel_rl.experiment import run  # noqa: E402
 from bilevel_rl.suites import shaping_problem  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+NAME = "convergence_rates"
 SUITE = dict(
     num_states=6,
     num_actions=3,
@@ -56,6 +51,7 @@ SUITE = dict(
     regularization=0.01,
 )
 BETA = 0.5  # shared constant step of the deterministic-step methods
+SGD = Optimizer(learning_rate=BETA)
 BOUNDS = {
     "exact": -1.0,
     "m_sobirl": -1.0,
@@ -70,9 +66,9 @@ def methods(quick: bool):
     if quick:
         stoc = dict(num_samples=2, num_rollouts=1, rollout_length=4, inner_steps=2)
     return {
-        "exact": exact.make(beta=BETA),
-        "m_sobirl": m_sobirl.make(beta=BETA, zeta=0.5, inner_steps=3, w0="zeros"),
-        "sobirl": sobirl.make(beta=BETA, num_samples=8, inner_steps=3),
+        "exact": exact.make(optimizer=SGD),
+        "m_sobirl": m_sobirl.make(optimizer=SGD, zeta=0.5, inner_steps=3, w0="zeros"),
+        "sobirl": sobirl.make(optimizer=SGD, num_samples=8, inner_steps=3),
         "stoc_sobirl_storm": stoc_sobirl.make(momentum="storm", **stoc),
         "stoc_sobirl_average": stoc_sobirl.make(momentum="average", **stoc),
     }
@@ -93,19 +89,17 @@ def fit_slope(grid, values, k_min=100):
     return float(np.polyfit(np.log(grid[keep]), np.log(values[keep]), 1)[0])
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv=None):
+    parser = harness.parser(__doc__)
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--iters", type=int, default=3000)
-    parser.add_argument("--quick", action="store_true", help="tiny smoke run")
-    parser.add_argument(
-        "--out", default=os.path.join(HERE, "results", "convergence_rates")
-    )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         args.batch, args.iters = 4, 120
+    # One XLA host device per core: the batch is sharded over the cores.
+    harness.set_host_devices(os.cpu_count() or 1)
+    bench = harness.Bench(NAME, args, argv)
     B, K = args.batch, args.iters
-    load = os.getloadavg()
 
     keys = jax.random.split(jax.random.key(0), B)
     problems = jax.vmap(lambda k: shaping_problem(k, **SUITE))(keys)
@@ -113,9 +107,9 @@ def main():
 
     results = {}
     for name, solver in methods(args.quick).items():
-        t0 = time.perf_counter()
-        _, hist = jax.block_until_ready(run(solver, problems, keys, K))
-        wall = time.perf_counter() - t0
+        wall, _, (_, hist) = harness.once(
+            lambda solver=solver: run(solver, problems, keys, K)
+        )
         g = np.asarray(hist["exact_grad_norm"])
         f = np.asarray(hist["exact_f"])
         avg, mins, avg_med, mins_med = rate_curves(g, grid)
@@ -133,47 +127,34 @@ def main():
             "f_final_mean": float(f[:, -1].mean()),
             "grad_norm_final_median": float(np.median(g[:, -1])),
         }
-        print(
+        bench.log(
             f"{name:22s} slope avg_sq {results[name]['slope_avg_sq']:+.3f} "
             f"min_sq {results[name]['slope_min_sq']:+.3f} "
             f"f {results[name]['f_initial_mean']:.4f} -> "
-            f"{results[name]['f_final_mean']:.4f}  ({wall:.1f} s)",
-            flush=True,
+            f"{results[name]['f_final_mean']:.4f}  ({wall:.1f} s)"
         )
 
-    out = {
-        "benchmark": "convergence_rates",
-        "suite": {
-            "generator": "bilevel_rl.suites.shaping_problem",
-            **SUITE,
-            "batch": B,
-            "seeds": "jax.random.split(key(0), batch)",
-        },
-        "iters": K,
-        "grid": grid.tolist(),
-        "fit_range": [100, K],
-        "shared_beta": BETA,
-        "methods": results,
-        "machine": {
-            "cpu": cpu_model(),
-            "cores": os.cpu_count(),
-            "devices": [str(d) for d in jax.devices()],
-            "jax": jax.__version__,
-            "load_average_at_start": load,
-        },
-    }
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out + ".json", "w") as fh:
-        json.dump(out, fh, indent=2)
-    _plot(grid, results, args.out + ".png", B)
+    bench.result.update(
+        {
+            "suite": {
+                "generator": "bilevel_rl.suites.shaping_problem",
+                **SUITE,
+                "batch": B,
+                "seeds": "jax.random.split(key(0), batch)",
+            },
+            "iters": K,
+            "grid": grid.tolist(),
+            "fit_range": [100, K],
+            "shared_beta": BETA,
+            "methods": results,
+        }
+    )
+    bench.save(plot(grid, results, B), dpi=120)
 
 
-def _plot(grid, results, path, B):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot(grid, results, B):
+    """avg_sq(K) and min_sq(K) of every method, with the K^-1 and K^-2/3 rates."""
+    plt = harness.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, key, title in (
         (axes[0], "avg_sq", "(1/K) Σ_k ‖∇φ(x_k)‖²"),
@@ -192,8 +173,8 @@ def _plot(grid, results, path, B):
         ax.set_title(title + f", mean over {B} instances")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    return fig
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

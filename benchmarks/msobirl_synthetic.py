@@ -1,4 +1,4 @@
-"""The SoBiRL paper's synthetic experiment with M-SoBiRL (MATH.md §3), batched.
+"""The SoBiRL paper's synthetic experiment with M-SoBiRL (docs/math.md §3), batched.
 
 Runs Algorithm 2 with the paper's exact sizes and steps (S=10, A=5, d=100, γ=0.5, τ=1,
 β=8e-3, ζ=0.5, N=10, K=3000, float64) on one instance and on a batch of instances
@@ -12,50 +12,38 @@ with different seeds in one compiled call, and times in the same process:
 
 The batched and the batch-1 timings alternate in rounds (batched run, then a child
 timing the batch-1 loop), so both sides of each round see the same machine load; the
-speed-up reported is the median over rounds of the per-round ratio (shared 2-core
-machines drift by up to 2x over minutes).
+speed-up reported is the median over rounds of the per-round ratio (the load of a
+shared machine drifts over minutes).
 
 The batched run shards the batch over one XLA host device per core
 (``--xla_force_host_platform_device_count``) and runs cache-sized chunks on each.
-Writes ``benchmarks/results/msobirl_synthetic.{json,png}``.
+Writes ``benchmarks/results/msobirl_synthetic.{json,png}`` (or ``--out``).
 
 Usage: ``python benchmarks/msobirl_synthetic.py [--batch 256] [--iters 3000] [--quick]``
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
-import subprocess
 import sys
-import time
 
-# One XLA host device per core, so that the batch is sharded over the cores
-# (bilevel_rl.distributed.batch_map). Must be set before JAX starts.
-if "--single-device" not in sys.argv:
-    os.environ.setdefault(
-        "XLA_FLAGS", f"--xla_force_host_platform_device_count={os.cpu_count()}"
-    )
-
-import jax  # noqa: E402
+import harness
+import jax
 
 jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from machine import cpu_model  # noqa: E402
 from scipy.special import logsumexp, softmax  # noqa: E402
 
-from bilevel_rl.algorithms import m_sobirl, run  # noqa: E402
+from bilevel_rl.algorithms import Optimizer, m_sobirl  # noqa: E402
+from bilevel_rl.experiment import run  # noqa: E402
 from bilevel_rl.hypergrad import hypergradient  # noqa: E402
 from bilevel_rl.suites import sobirl_synthetic  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-LOAD_AT_START = os.getloadavg()
-CONFIG = dict(beta=8e-3, zeta=0.5, inner_steps=10)
-AUTHORS_MS_PER_ITER_CPU = 16.7  # MATH.md §3, their PyTorch run on a 2-core CPU
+NAME = "msobirl_synthetic"
+CONFIG = dict(optimizer=Optimizer(learning_rate=8e-3), zeta=0.5, inner_steps=10)
+AUTHORS_MS_PER_ITER_CPU = 16.7  # docs/math.md §3, their PyTorch run on a 2-core CPU
 
 
 def numpy_m_sobirl(P, M, c, x0, w0, gamma, tau, beta, zeta, inner_steps, iters):
@@ -99,7 +87,7 @@ def numpy_inputs(problem):
         p.data.w0,
         float(p.mdp.gamma),
         float(p.mdp.tau),
-        CONFIG["beta"],
+        CONFIG["optimizer"].learning_rate,
         CONFIG["zeta"],
         CONFIG["inner_steps"],
     )
@@ -110,36 +98,36 @@ def time_batch1(num_iters, num_instances):
     keys = jax.random.split(jax.random.key(0), num_instances)
     solver = m_sobirl.make(**CONFIG, w0="data", track_exact=False)
     problems = [sobirl_synthetic(k) for k in keys]
-    jax.block_until_ready(run(solver, problems[0], keys[0], num_iters))  # compile
-    t0 = time.perf_counter()
-    for problem, key in zip(problems, keys):
-        jax.block_until_ready(run(solver, problem, key, num_iters))
-    return (time.perf_counter() - t0) / num_instances
+    harness.once(lambda: run(solver, problems[0], keys[0], num_iters))  # compile
+    wall, _, _ = harness.once(
+        lambda: [run(solver, p, k, num_iters) for p, k in zip(problems, keys)]
+    )
+    return wall / num_instances
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv=None):
+    parser = harness.parser(__doc__)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--iters", type=int, default=3000)
     parser.add_argument("--repeats", type=int, default=5, help="rounds")
     parser.add_argument("--numpy-instances", type=int, default=2)
     parser.add_argument("--single-instances", type=int, default=8)
-    parser.add_argument("--quick", action="store_true", help="tiny smoke run")
-    parser.add_argument(
-        "--out", default=os.path.join(HERE, "results", "msobirl_synthetic")
-    )
     parser.add_argument(
         "--single-device",
         action="store_true",
         help="internal: time the batch-1 loop and print seconds",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.single_device:
-        print(time_batch1(args.iters, args.single_instances))
+        harness.emit({"per_instance_s": time_batch1(args.iters, args.single_instances)})
         return
+    # One XLA host device per core, so that the batch is sharded over the cores
+    # (solve_batch's batch_map); set before JAX starts its backend.
+    harness.set_host_devices(os.cpu_count() or 1)
     if args.quick:
         args.batch, args.iters, args.repeats = 8, 50, 1
         args.numpy_instances, args.single_instances = 1, 2
+    bench = harness.Bench(NAME, args, argv)
     B, K = args.batch, args.iters
 
     keys = jax.random.split(jax.random.key(0), B)
@@ -147,9 +135,7 @@ def main():
     solver = m_sobirl.make(**CONFIG, w0="data", track_exact=False)
 
     # --- compile (first call) separately from steady state
-    t0 = time.perf_counter()
-    state, hist = jax.block_until_ready(run(solver, problems, keys, K))
-    first_call = time.perf_counter() - t0
+    first_call, _, (state, hist) = harness.once(lambda: run(solver, problems, keys, K))
 
     # exact hyper-gradient and upper value at the final iterate of every instance
     def exact(problem, x):
@@ -164,7 +150,6 @@ def main():
     n1 = min(args.single_instances, B)
     single = [jax.tree.map(lambda a, i=i: a[i], problems) for i in range(n1)]
     child_cmd = [
-        sys.executable,
         __file__,
         "--single-device",
         "--iters",
@@ -174,11 +159,9 @@ def main():
     ]
     batch_times, single_times = [], []
     for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(run(solver, problems, keys, K))
-        batch_times.append(time.perf_counter() - t0)
-        child = subprocess.run(child_cmd, capture_output=True, text=True, check=True)
-        single_times.append(float(child.stdout.strip().splitlines()[-1]))
+        batch_times.append(harness.once(lambda: run(solver, problems, keys, K))[0])
+        child = harness.run_child(child_cmd, devices=1, check=True)
+        single_times.append(child["per_instance_s"])
     batch_s = float(np.median(batch_times))
     compile_s = first_call - min(batch_times)
     single_per_instance = float(np.median(single_times))
@@ -191,91 +174,67 @@ def main():
     np.testing.assert_allclose(np_f, hist["f"][0, :check_iters], rtol=1e-8)
     n_np = min(args.numpy_instances, B)
     inputs = [numpy_inputs(single[i % n1]) for i in range(n_np)]
-    t0 = time.perf_counter()
-    for i in range(n_np):
-        numpy_m_sobirl(*inputs[i], K)
-    numpy_per_instance = (time.perf_counter() - t0) / n_np
+    numpy_wall, _, _ = harness.once(lambda: [numpy_m_sobirl(*a, K) for a in inputs])
+    numpy_per_instance = numpy_wall / n_np
 
     batch_per_instance = batch_s / B
-    result = {
-        "benchmark": "msobirl_synthetic",
-        "config": dict(
-            S=10,
-            A=5,
-            d=100,
-            gamma=0.5,
-            tau=1.0,
-            K=K,
-            batch=B,
-            dtype="float64",
-            **CONFIG,
-        ),
-        "compile_s": compile_s,
-        "batch_wall_s_median": batch_s,
-        "batch_wall_s_all": batch_times,
-        "jax_batch1_per_instance_s_all": single_times,
-        "per_instance_s": {
-            "jax_batched": batch_per_instance,
-            "jax_batch1_loop": single_per_instance,
-            "numpy_loop": numpy_per_instance,
-        },
-        "per_iteration_ms": {
-            "jax_batched_per_instance": 1e3 * batch_per_instance / K,
-            "jax_batch1": 1e3 * single_per_instance / K,
-            "numpy": 1e3 * numpy_per_instance / K,
-            "authors_pytorch_cpu_reference": AUTHORS_MS_PER_ITER_CPU,
-        },
-        "speedup_vs_numpy": numpy_per_instance / batch_per_instance,
-        "speedup_vs_jax_batch1": float(np.median(round_ratios)),
-        "speedup_vs_jax_batch1_per_round": round_ratios,
-        "targets": {"vs_numpy": 100.0, "vs_jax_batch1": 3.0},
-        "numpy_instances_timed": n_np,
-        "jax_batch1_instances_timed": n1,
-        "devices": [str(d) for d in jax.devices()],
-        "load_average_at_start": LOAD_AT_START,
-        "final": {
-            "f_minus_optimum_max_abs": float(np.max(np.abs(f_final - 1.0))),
-            "exact_grad_norm_max": float(exact_norms.max()),
-            "exact_grad_norm_median": float(np.median(exact_norms)),
-            "estimate_grad_norm_median": float(np.median(hist["grad_norm"][:, -1])),
-            "all_finite": bool(np.all(hist["finite"])),
-        },
-        "machine": {
-            "cpu": cpu_model(),
-            "cores": os.cpu_count(),
-            "backend": jax.default_backend(),
-            "device": jax.devices()[0].device_kind,
-            "jax": jax.__version__,
-            "python": platform.python_version(),
-        },
-    }
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out + ".json", "w") as fh:
-        json.dump(result, fh, indent=2)
-    _plot(hist, args.out + ".png", B, K)
-    print(
-        json.dumps(
-            {
-                k: result[k]
-                for k in (
-                    "compile_s",
-                    "per_iteration_ms",
-                    "speedup_vs_numpy",
-                    "speedup_vs_jax_batch1",
-                    "final",
-                )
+    result = bench.result
+    result.update(
+        {
+            "config": dict(
+                S=10,
+                A=5,
+                d=100,
+                gamma=0.5,
+                tau=1.0,
+                K=K,
+                batch=B,
+                dtype="float64",
+                beta=CONFIG["optimizer"].learning_rate,
+                zeta=CONFIG["zeta"],
+                inner_steps=CONFIG["inner_steps"],
+            ),
+            "compile_s": compile_s,
+            "batch_wall_s_median": batch_s,
+            "batch_wall_s_all": batch_times,
+            "jax_batch1_per_instance_s_all": single_times,
+            "per_instance_s": {
+                "jax_batched": batch_per_instance,
+                "jax_batch1_loop": single_per_instance,
+                "numpy_loop": numpy_per_instance,
             },
-            indent=2,
-        )
+            "per_iteration_ms": {
+                "jax_batched_per_instance": 1e3 * batch_per_instance / K,
+                "jax_batch1": 1e3 * single_per_instance / K,
+                "numpy": 1e3 * numpy_per_instance / K,
+                "authors_pytorch_cpu_reference": AUTHORS_MS_PER_ITER_CPU,
+            },
+            "speedup_vs_numpy": numpy_per_instance / batch_per_instance,
+            "speedup_vs_jax_batch1": float(np.median(round_ratios)),
+            "speedup_vs_jax_batch1_per_round": round_ratios,
+            "targets": {"vs_numpy": 100.0, "vs_jax_batch1": 3.0},
+            "numpy_instances_timed": n_np,
+            "jax_batch1_instances_timed": n1,
+            "devices": [str(d) for d in jax.devices()],
+            "final": {
+                "f_minus_optimum_max_abs": float(np.max(np.abs(f_final - 1.0))),
+                "exact_grad_norm_max": float(exact_norms.max()),
+                "exact_grad_norm_median": float(np.median(exact_norms)),
+                "estimate_grad_norm_median": float(np.median(hist["grad_norm"][:, -1])),
+                "all_finite": bool(np.all(hist["finite"])),
+            },
+        }
     )
+    bench.save(plot(hist, B, K), dpi=120)
+    for k in ("compile_s", "per_iteration_ms", "speedup_vs_numpy"):
+        bench.log(f"{k}: {result[k]}")
+    bench.log(f"speedup_vs_jax_batch1: {result['speedup_vs_jax_batch1']}")
+    bench.log(f"final: {result['final']}")
 
 
-def _plot(hist, path, B, K):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot(hist, B, K):
+    """Median and 10-90% band over the batch of the gradient norm and the gap."""
+    plt = harness.pyplot()
     k = np.arange(K)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, key, label in (
@@ -296,8 +255,8 @@ def _plot(hist, path, B, K):
         ax.legend()
     fig.suptitle(f"M-SoBiRL, SoBiRL synthetic problem, batch of {B} instances")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    return fig
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -1,6 +1,6 @@
-"""Every bilevel/alignment method of the package on two shared problems (MATH.md §9).
+"""Every bilevel/alignment method of the package on two shared problems.
 
-1. **Tabular RLHF (§9.4)**, ``--seeds`` random instances (each seed is its own
+1. **Tabular RLHF (math §9)**, ``--seeds`` random instances (each seed is its own
    MDP, features and hidden reward ``r* = phi x*``; S=6, A=3, d=4, gamma=0.9,
    tau=0.3), scored on the hidden truth:
 
@@ -40,26 +40,20 @@ Writes ``benchmarks/results/rlhf_tabular.json`` and ``.png``.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import time
+import sys
 
+import harness
 import jax
 
 jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp  # noqa: E402
-import matplotlib  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
-from machine import cpu_model  # noqa: E402
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 from bilevel_rl import soft_policy_evaluation, soft_value_iteration  # noqa: E402
 from bilevel_rl.algorithms import (  # noqa: E402
+    Optimizer,
     Solver,
     aihf,
     drlhf,
@@ -68,11 +62,9 @@ from bilevel_rl.algorithms import (  # noqa: E402
     m_sobirl,
     parl,
     pbrl,
-    run,
     sobirl,
     stoc_sobirl,
 )
-from bilevel_rl.algorithms.hpgd import target_reward  # noqa: E402
 from bilevel_rl.alignment import (  # noqa: E402
     aihf_problem,
     dpo_policy,
@@ -80,6 +72,7 @@ from bilevel_rl.alignment import (  # noqa: E402
     rlhf_policy,
     sft_policy,
 )
+from bilevel_rl.experiment import run  # noqa: E402
 from bilevel_rl.suites import four_rooms_problem  # noqa: E402
 from bilevel_rl.suites.rlhf import (  # noqa: E402
     held_out_pairs,
@@ -88,7 +81,7 @@ from bilevel_rl.suites.rlhf import (  # noqa: E402
     tabular_rlhf_problem,
 )
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+NAME = "rlhf_tabular"
 PENALTY = 10.0  # PBRL's lambda; its leader step is beta / lambda (the penalized
 # objective's smoothness grows with lambda)
 OFFLINE_RATE = 0.03  # Adam rate of the iterative offline methods (AIHF, DRLHF)
@@ -105,9 +98,11 @@ def recording_iterates(solver: Solver) -> Solver:
 
 
 def timed_run(solver, problems, keys, iters):
-    t0 = time.perf_counter()
-    _, hist = run(recording_iterates(solver), problems, keys, iters)
-    return hist, time.perf_counter() - t0
+    """``(history, seconds)`` of one batched run, compilation included."""
+    seconds, _, (_, hist) = harness.once(
+        lambda: run(recording_iterates(solver), problems, keys, iters)
+    )
+    return hist, seconds
 
 
 def score_grid(iters: int) -> np.ndarray:
@@ -158,9 +153,9 @@ def summary(values: np.ndarray) -> dict:
 
 
 def record(name, formulation, seconds, samples, ret, acc, **extra) -> dict:
-    """One method's entry of the result file (scores ``[B, T]``); prints a line."""
-    print(f"  {name:13s} {seconds:6.1f} s  return {ret[:, -1].mean():.3f}  "
-          f"accuracy {acc[:, -1].mean():.3f}", flush=True)  # fmt: skip
+    """One method's entry of the result file (scores ``[B, T]``); logs a line."""
+    harness.log(f"  {name:13s} {seconds:6.1f} s  return {ret[:, -1].mean():.3f}  "
+                f"accuracy {acc[:, -1].mean():.3f}")  # fmt: skip
     return {
         "formulation": formulation,
         "seconds": seconds,
@@ -180,22 +175,38 @@ def rlhf_part(seeds: int, iters: int, beta: float) -> dict:
     grid = score_grid(iters)
     features = problems.data.preferences.reward_data  # [B, S, A, d]
     samples_per_iter = 16
+    sgd = Optimizer(learning_rate=beta)
     online = {
-        "exact": (exact.make(beta=beta), None),
-        "m_sobirl": (m_sobirl.make(beta=beta), None),
-        "sobirl": (sobirl.make(beta=beta, num_samples=samples_per_iter), 16),
+        "exact": (exact.make(optimizer=sgd), None),
+        "m_sobirl": (m_sobirl.make(optimizer=sgd), None),
+        "sobirl": (sobirl.make(optimizer=sgd, num_samples=samples_per_iter), 16),
         "stoc_sobirl": (
-            stoc_sobirl.make(a=beta * 10.0 ** (1 / 3), num_samples=samples_per_iter),
-            16,
-        ),
-        "parl": (parl.make(beta=beta, inner_steps=5, pg_step=2.0), None),
-        "parl_sampled": (
-            parl.make(
-                beta=beta, inner_steps=5, pg_step=2.0, num_samples=samples_per_iter
+            stoc_sobirl.make(
+                optimizer=Optimizer(
+                    learning_rate=beta * 10.0 ** (1 / 3),
+                    schedule="inverse_cube_root",
+                    offset=10.0,
+                ),
+                num_samples=samples_per_iter,
             ),
             16,
         ),
-        "pbrl": (pbrl.make(beta=beta / PENALTY, penalty=PENALTY), None),
+        "parl": (parl.make(optimizer=sgd, inner_steps=5, policy_step=2.0), None),
+        "parl_sampled": (
+            parl.make(
+                optimizer=sgd,
+                inner_steps=5,
+                policy_step=2.0,
+                num_samples=samples_per_iter,
+            ),  # fmt: skip
+            16,
+        ),
+        "pbrl": (
+            pbrl.make(
+                optimizer=Optimizer(learning_rate=beta / PENALTY), penalty=PENALTY
+            ),
+            None,
+        ),
     }
     out = {"iterations": grid.tolist(), "methods": {}}
     for name, (solver, per_iter) in online.items():
@@ -231,7 +242,7 @@ def offline_methods(problems, pairs, keys, iters, grid):
         "aihf": aihf.make(
             optimizer=optax.adam(OFFLINE_RATE),
             inner_steps=2,
-            num_trajectories=16,
+            num_samples=16,
             horizon=sizes["demo_horizon"],
         ),  # fmt: skip
         "drlhf": drlhf.make(optimizer=optax.adam(OFFLINE_RATE)),
@@ -261,9 +272,7 @@ def offline_methods(problems, pairs, keys, iters, grid):
         acc = [preference_accuracy(r, r_star, pairs) for r in (r_hat, implicit)]
         return ret, acc
 
-    t0 = time.perf_counter()
-    ret, acc = jax.block_until_ready(one_shot(problems, data, pairs))
-    seconds = time.perf_counter() - t0
+    seconds, _, (ret, acc) = harness.once(lambda: one_shot(problems, data, pairs))
     for i, name in enumerate(["rlhf", "dpo", "sft"]):
         r = np.repeat(np.asarray(ret[i])[:, None], len(grid), 1)
         a = (
@@ -285,22 +294,23 @@ def four_rooms_part(seeds: int, iters: int, beta: float) -> dict:
     one = four_rooms_problem()
     problems = jax.tree.map(lambda a: jnp.stack([a] * seeds), one)
     keys = jax.random.split(jax.random.key(3), seeds)
+    sgd = Optimizer(learning_rate=beta)
     methods = {
-        "exact": exact.make(beta=beta),
-        "m_sobirl": m_sobirl.make(beta=beta),
+        "exact": exact.make(optimizer=sgd),
+        "m_sobirl": m_sobirl.make(optimizer=sgd),
         # rho is one start cell and gamma = 0.99: vanilla PG needs long, large
         # steps for the follower to approach theta* (lower_gap is recorded).
-        "parl": parl.make(beta=beta, inner_steps=50, pg_step=50.0),
-        "pbrl": pbrl.make(beta=beta / PENALTY, penalty=PENALTY),
-        "hpgd": hpgd.make(
-            upper_reward=target_reward, beta=beta, num_trajectories=16, horizon=300
+        "parl": parl.make(optimizer=sgd, inner_steps=50, policy_step=50.0),
+        "pbrl": pbrl.make(
+            optimizer=Optimizer(learning_rate=beta / PENALTY), penalty=PENALTY
         ),
+        "hpgd": hpgd.make(optimizer=sgd, num_samples=16, horizon=300),
     }
     out = {"iterations": list(range(iters)), "methods": {}}
     for name, solver in methods.items():
-        t0 = time.perf_counter()
-        _, hist = run(solver, problems, keys, iters)
-        seconds = time.perf_counter() - t0
+        seconds, _, (_, hist) = harness.once(
+            lambda solver=solver: run(solver, problems, keys, iters)
+        )
         f, g = np.asarray(hist["exact_f"]), np.asarray(hist["exact_grad_norm"])
         out["methods"][name] = {
             "seconds": seconds,
@@ -308,15 +318,16 @@ def four_rooms_part(seeds: int, iters: int, beta: float) -> dict:
             "final_exact_grad_norm": summary(g[:, -1]),
             "finite": bool(np.all(hist["finite"])),
         }
-        print(f"  {name:13s} {seconds:6.1f} s  f {f[:, 0].mean():.4f} -> "
-              f"{f[:, -1].mean():.4f}", flush=True)  # fmt: skip
+        harness.log(f"  {name:13s} {seconds:6.1f} s  f {f[:, 0].mean():.4f} -> "
+                    f"{f[:, -1].mean():.4f}")  # fmt: skip
     return out
 
 
 # -------------------------------------------------------------------------- plot
 
 
-def plot(result, path):
+def plot(result):
+    plt = harness.pyplot()
     fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
     rl = result["tabular_rlhf"]
     k = np.asarray(rl["iterations"]) + 1
@@ -359,38 +370,27 @@ def plot(result, path):
     axes[3].set_title("Four-Rooms incentive design")
     axes[3].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    return fig
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv=None):
+    parser = harness.parser(__doc__)
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--iters", type=int, default=300)
     parser.add_argument("--four-rooms-iters", type=int, default=100)
-    parser.add_argument("--quick", action="store_true", help="tiny smoke run")
-    parser.add_argument("--out", default=os.path.join(HERE, "results", "rlhf_tabular"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         args.seeds, args.iters, args.four_rooms_iters = 2, 6, 3
-    t0 = time.perf_counter()
-    print("tabular RLHF", flush=True)
+    bench = harness.Bench(NAME, args, argv)
+    bench.log("tabular RLHF")
     rlhf = rlhf_part(args.seeds, args.iters, beta=0.5)
-    print("Four-Rooms", flush=True)
+    bench.log("Four-Rooms")
     rooms = four_rooms_part(args.seeds, args.four_rooms_iters, beta=0.1)
-    result = {
-        "machine": cpu_model(),
-        "device": str(jax.devices()[0]),
-        "seeds": args.seeds,
-        "tabular_rlhf": rlhf,
-        "four_rooms": rooms,
-        "total_seconds": time.perf_counter() - t0,
-    }
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out + ".json", "w") as fh:
-        json.dump(result, fh, indent=1)
-    plot(result, args.out + ".png")
-    print(f"total {result['total_seconds']:.0f} s -> {args.out}.json/.png")
+    bench.result.update(
+        {"seeds": args.seeds, "tabular_rlhf": rlhf, "four_rooms": rooms}
+    )
+    bench.save(plot(bench.result), dpi=120)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -31,7 +31,7 @@ import dataclasses
 
 import jax
 
-from bilevel_rl.algorithms.base import Solver, make_solver
+from bilevel_rl.algorithms.base import Solver, build_solver
 from bilevel_rl.algorithms.follower import (
     PolicyFollower,
     align_policy,
@@ -42,7 +42,6 @@ from bilevel_rl.algorithms.params import (
     as_optimizer,
     count,
     flag,
-    from_kwargs,
     option,
     optional,
     step_or_inf,
@@ -139,7 +138,4 @@ def make(**kwargs) -> Solver:
     Raises:
         ValueError/TypeError: a field breaks its rule (the message names it).
     """
-    params = from_kwargs(Params, kwargs, ALIASES)
-    return make_solver(
-        estimator(params), params.optimizer, track_exact=params.track_exact
-    )
+    return build_solver(Params, estimator, kwargs, ALIASES)

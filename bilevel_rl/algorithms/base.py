@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bilevel_rl.algorithms.params import build_optimizer, check_positive
+from bilevel_rl.algorithms.params import build_optimizer, check_positive, from_kwargs
 from bilevel_rl.hypergrad import value_and_hypergradient
 from bilevel_rl.problem import BilevelProblem
 from bilevel_rl.types import Estimator, Metrics, PRNGKey, PyTree
@@ -50,6 +50,7 @@ __all__ = [
     "Estimator",
     "Solver",
     "SolverState",
+    "build_solver",
     "check_positive",
     "check_x0",
     "exact_metrics",
@@ -134,6 +135,22 @@ def make_solver(
         return SolverState(x, follower, opt_state, key), metrics
 
     return Solver(init, step)
+
+
+def build_solver(params_cls, estimator_fn, options: dict, aliases=None) -> Solver:
+    """The body of every ``algorithms.<name>.make(**options)``.
+
+    ``params_cls(**options)`` (deprecated names in ``aliases`` mapped, with a
+    warning), then :func:`make_solver` of ``estimator_fn(params)`` with
+    ``params.optimizer`` and ``params.track_exact`` (``False`` for a ``Params``
+    without it: its estimator reports the exact metrics itself).
+
+    Raises:
+        TypeError/ValueError: an unknown option, or one that breaks its rule.
+    """
+    params = from_kwargs(params_cls, options, aliases or {})
+    track = getattr(params, "track_exact", False)
+    return make_solver(estimator_fn(params), params.optimizer, track_exact=track)
 
 
 # ------------------------------------------------------------- shared helpers

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 
-from bilevel_rl.algorithms.base import Solver, make_solver, tree_norm
+from bilevel_rl.algorithms.base import Solver, build_solver, tree_norm
 from bilevel_rl.algorithms.follower import init_no_follower
 from bilevel_rl.algorithms.params import (
     Optimizer,
     as_optimizer,
     choice,
     count,
-    from_kwargs,
     nonnegative,
     option,
     validate,
@@ -90,5 +89,4 @@ def make(**kwargs) -> Solver:
     Raises:
         ValueError/TypeError: a field breaks its rule (the message names it).
     """
-    params = from_kwargs(Params, kwargs, ALIASES)
-    return make_solver(estimator(params), params.optimizer, track_exact=False)
+    return build_solver(Params, estimator, kwargs, ALIASES)

@@ -28,14 +28,13 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from bilevel_rl.algorithms.base import Solver, make_solver
+from bilevel_rl.algorithms.base import Solver, build_solver
 from bilevel_rl.algorithms.follower import best_response, init_no_follower
 from bilevel_rl.algorithms.params import (
     Optimizer,
     as_optimizer,
     count,
     flag,
-    from_kwargs,
     option,
     validate,
 )
@@ -183,7 +182,4 @@ def make(**kwargs) -> Solver:
     Raises:
         ValueError/TypeError: a field breaks its rule (the message names it).
     """
-    params = from_kwargs(Params, kwargs, ALIASES)
-    return make_solver(
-        estimator(params), params.optimizer, track_exact=params.track_exact
-    )
+    return build_solver(Params, estimator, kwargs, ALIASES)

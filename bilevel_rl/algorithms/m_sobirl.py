@@ -32,7 +32,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from bilevel_rl.algorithms.base import Solver, make_solver
+from bilevel_rl.algorithms.base import Solver, build_solver
 from bilevel_rl.algorithms.follower import initial_policy
 from bilevel_rl.algorithms.params import (
     Optimizer,
@@ -40,7 +40,6 @@ from bilevel_rl.algorithms.params import (
     choice,
     count,
     flag,
-    from_kwargs,
     option,
     positive,
     validate,
@@ -160,7 +159,4 @@ def make(**kwargs) -> Solver:
     Raises:
         ValueError/TypeError: a field breaks its rule (the message names it).
     """
-    params = from_kwargs(Params, kwargs, ALIASES)
-    return make_solver(
-        estimator(params), params.optimizer, track_exact=params.track_exact
-    )
+    return build_solver(Params, estimator, kwargs, ALIASES)

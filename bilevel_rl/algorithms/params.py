@@ -278,7 +278,7 @@ def rename_deprecated(
             f"{params_cls.__module__.rsplit('.', 1)[-1]}: {old} is deprecated; use "
             f"{new}",
             DeprecationWarning,
-            stacklevel=3,
+            stacklevel=5,  # the caller of algorithms.<name>.make
         )
         value = values.pop(old)
         if new.startswith("optimizer."):

@@ -47,7 +47,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from bilevel_rl.algorithms.base import Solver, make_solver
+from bilevel_rl.algorithms.base import Solver, build_solver
 from bilevel_rl.algorithms.follower import best_response, check_trajectory_problem
 from bilevel_rl.algorithms.params import (
     Optimizer,
@@ -55,7 +55,6 @@ from bilevel_rl.algorithms.params import (
     at_least,
     count,
     flag,
-    from_kwargs,
     nonnegative,
     option,
     optional,
@@ -267,7 +266,4 @@ def make(**kwargs) -> Solver:
         ValueError/TypeError: a field breaks its rule (the message names it); at
             ``init``, a sampled variant on a problem without a trajectory loss.
     """
-    params = from_kwargs(Params, kwargs, ALIASES)
-    return make_solver(
-        estimator(params), params.optimizer, track_exact=params.track_exact
-    )
+    return build_solver(Params, estimator, kwargs, ALIASES)

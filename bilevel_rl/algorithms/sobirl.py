@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from bilevel_rl.algorithms.base import Solver, make_solver
+from bilevel_rl.algorithms.base import Solver, build_solver
 from bilevel_rl.algorithms.follower import (
     PolicyFollower,
     align_policy,
@@ -35,7 +35,6 @@ from bilevel_rl.algorithms.params import (
     as_optimizer,
     count,
     flag,
-    from_kwargs,
     nonnegative,
     option,
     step_or_inf,
@@ -117,7 +116,4 @@ def make(**kwargs) -> Solver:
         ValueError/TypeError: a field breaks its rule (the message names it); at
             ``init``, a problem without a trajectory loss.
     """
-    params = from_kwargs(Params, kwargs, ALIASES)
-    return make_solver(
-        estimator(params), params.optimizer, track_exact=params.track_exact
-    )
+    return build_solver(Params, estimator, kwargs, ALIASES)

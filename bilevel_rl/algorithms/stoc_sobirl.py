@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 
 from bilevel_rl.algorithms import momentum as mom
-from bilevel_rl.algorithms.base import Solver, make_solver
+from bilevel_rl.algorithms.base import Solver, build_solver
 from bilevel_rl.algorithms.follower import (
     PolicyFollower,
     align_policy,
@@ -35,7 +35,6 @@ from bilevel_rl.algorithms.params import (
     choice,
     count,
     flag,
-    from_kwargs,
     option,
     optional,
     positive,
@@ -156,7 +155,4 @@ def make(**kwargs) -> Solver:
         ValueError/TypeError: a field breaks its rule (the message names it); at
             ``init``, a problem without a trajectory loss.
     """
-    params = from_kwargs(Params, kwargs, ALIASES)
-    return make_solver(
-        estimator(params), params.optimizer, track_exact=params.track_exact
-    )
+    return build_solver(Params, estimator, kwargs, ALIASES)

@@ -30,11 +30,15 @@ from bilevel_rl.experiment.config import DTYPES
 def solve_suites() -> dict[str, tuple[str, Callable]]:
     """``name -> (description, make(key, args) -> (mdp, reward))`` for ``solve``.
 
-    Each ``make`` is traceable, so a batch is ``jax.vmap`` over keys.
+    The MDP generators of :mod:`bilevel_rl.suites` with uniform rewards, and every
+    bilevel suite of the run registry (:data:`bilevel_rl.experiment.config.SUITES`)
+    as its follower's MDP and reward at ``x0``. Each ``make`` is traceable, so a
+    batch is ``jax.vmap`` over keys.
     """
     import jax
 
     from bilevel_rl import suites
+    from bilevel_rl.experiment.config import SUITES
 
     def uniform_reward(key, mdp):
         S, A = mdp.num_states, mdp.num_actions
@@ -51,17 +55,18 @@ def solve_suites() -> dict[str, tuple[str, Callable]]:
     def common(args):
         return dict(gamma=args.gamma, tau=args.tau, dtype=args.jnp_dtype)
 
-    def sobirl(key, args):
-        problem = suites.sobirl_synthetic(
-            key, num_states=args.states, num_actions=args.actions, **common(args)
-        )
-        return problem.mdp, problem.reward(problem.x0)
+    def follower_at_x0(suite):
+        accepted = suite.defaults()
 
-    def four_rooms(key, args):
-        problem = suites.four_rooms_problem(key, **common(args))
-        return problem.mdp, problem.reward(problem.x0)
+        def make(key, args):
+            sizes = dict(num_states=args.states, num_actions=args.actions)
+            sizes = {k: v for k, v in sizes.items() if k in accepted}
+            problem = suite.build(key, **sizes, **common(args))
+            return problem.mdp, problem.reward(problem.x0)
 
-    return {
+        return make
+
+    entries = {
         "dirichlet": (
             "random MDPs with Dirichlet(1) transition rows, U(0,1) rewards",
             with_random_reward(
@@ -80,15 +85,11 @@ def solve_suites() -> dict[str, tuple[str, Callable]]:
             "chain of --states states, 2 actions with slip, U(0,1) rewards",
             with_random_reward(lambda k, a: suites.chain_mdp(k, a.states, **common(a))),
         ),
-        "sobirl": (
-            "SoBiRL synthetic instances (docs/math.md §3) at their initial x0",
-            sobirl,
-        ),
-        "four_rooms": (
-            "HPGD Four-Rooms (104 cells, 4 actions) with zero incentives",
-            four_rooms,
-        ),
     }
+    for name, suite in SUITES.items():
+        text = f"the follower of the {name!r} run suite at x0 ({suite.description})"
+        entries[name] = (text, follower_at_x0(suite))
+    return entries
 
 
 # ------------------------------------------------------------------- arguments

@@ -1,0 +1,1 @@
+"""Parts of ``benchmarks/hypergrad.py``: cost study, unrolled-error study, plot."""

@@ -1,0 +1,1 @@
+"""Parts of ``benchmarks/scaling.py``: the child process that measures one setting."""

@@ -1,0 +1,1 @@
+"""Parts of ``benchmarks/soft_vi_throughput.py``: kernels, measured sections, plot."""
