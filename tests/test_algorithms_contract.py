@@ -1,8 +1,8 @@
 """One contract over every registered algorithm (as optax's ``alias_test.py``).
 
-For each algorithm and each suite it accepts (tiny sizes; Four-Rooms, which has no
-size option, only for the algorithm that needs it): ``init`` and ``step`` run under
-``jit(vmap(...))`` on a batch of two float32 instances; the common metrics exist
+For each algorithm and each suite it accepts (tiny sizes; Four-Rooms has none):
+``init`` and ``step`` run under ``jit(vmap(...))`` on a batch of two float32
+instances; the common metrics exist
 with their documented meaning (``grad_norm`` is the norm of the direction the
 optimizer applied, ``exact_f``/``exact_grad_norm`` the exact ones at ``x_k``);
 metrics and state follow the problem's dtype and are finite. And every ``Params``
@@ -55,9 +55,7 @@ SMALL_OPTIONS = {  # keep the sampled estimators cheap to compile
 
 def accepted_suites(name):
     needs = ALGORITHMS[name].NEEDS
-    if needs is None:
-        return [s for s in SUITES if s != "four_rooms"]
-    return [s for s, suite in SUITES.items() if needs in suite.provides]
+    return [s for s, suite in SUITES.items() if needs in (None, *suite.provides)]
 
 
 CASES = [(a, s) for a in ALGORITHMS for s in accepted_suites(a)]
