@@ -245,7 +245,7 @@ def test_four_rooms_problem_incentives():
         return prob.objective(x, pol), pol
 
     f0, pol0 = loss(prob.x0)
-    visits = objectives.target_visits(prob.data, pol0)
+    visits = objectives.target_visits(prob.bound_data(), pol0)
     d = bl.occupancy_measure(prob.mdp, pol0)
     np.testing.assert_allclose(visits, d[target].sum() / 0.01, rtol=1e-10)
     np.testing.assert_allclose(f0, -visits, rtol=1e-12)
