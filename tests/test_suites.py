@@ -254,7 +254,7 @@ def test_four_rooms_problem_incentives():
     np.testing.assert_allclose(prob.reward(x), base + x[:, None])
     f1, _ = loss(x)
     assert f1 < f0 - 0.1  # paying at the target pulls the follower there
-    g = jax.grad(prob.upper, argnums=(1, 2))(prob.data, x, pol0)
+    g = jax.grad(prob.upper, argnums=(1, 2))(prob.bound_data(), x, pol0)
     assert all(np.all(np.isfinite(gi)) for gi in g)
     np.testing.assert_allclose(g[0], 2 * 0.01 * x)
 
