@@ -27,6 +27,8 @@ References:
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
@@ -41,19 +43,23 @@ from bilevel_rl.enumeration import (
 from bilevel_rl.hypergrad import adjoint_weights, q_value_jacobian, value_jacobian
 from bilevel_rl.implicit import DEFAULT_MAX_ITERS, DEFAULT_TOL
 from bilevel_rl.mdp import TabularMDP
-from bilevel_rl.sampling import rollout, rollout_from
+from bilevel_rl.sampling import Trajectories, rollout, rollout_from
 from bilevel_rl.soft import soft_value_iteration
 from bilevel_rl.types import Array, PRNGKey, PyTree
 from bilevel_rl.types import BoundRewardFn as RewardFn
 from bilevel_rl.types import BoundTrajectoryLoss as TrajectoryLoss
 
 __all__ = [
+    "HypergradientSamples",
     "MAX_ENUMERATED_TUPLES",
+    "draw_hypergradient_samples",
+    "evaluate_hypergradient_samples",
     "enumerate_tuples",
     "exact_trajectory_hypergradient",
     "expected_trajectory_loss",
     "sampled_hypergradient",
     "sampled_outer_hypergradient",
+    "samples_log_ratio",
 ]
 
 
@@ -233,6 +239,154 @@ def sampled_outer_hypergradient(
     return (jnp.mean(losses), grad) if with_value else grad
 
 
+class HypergradientSamples(NamedTuple):
+    """``Xi``: the trajectories of one Algorithm-3 estimate, stored.
+
+    Everything drawn from the policy is here, so the estimate can be evaluated at
+    any ``x`` (and reweighted to any policy) with the same samples
+    (:func:`evaluate_hypergradient_samples`): the fixed-sample reading of
+    Stoc-SoBiRL's momentum (docs/math.md §5).
+
+    Attributes:
+        tuples: :class:`~bilevel_rl.sampling.Trajectories`, fields ``[D, m, H]``:
+            the ``D`` tuples of ``m`` trajectories of ``M_u``.
+        q_rollouts: fields ``[D, m, H, E, L]``: ``E`` generative rollouts of length
+            ``L`` from each visited ``(s_t, a_t)`` (first action forced).
+        v_rollouts: fields ``[D, m, H, E, L]``: ``E`` rollouts from each visited
+            ``s_t`` (first action drawn from the policy).
+    """
+
+    tuples: Trajectories
+    q_rollouts: Trajectories
+    v_rollouts: Trajectories
+
+
+def draw_hypergradient_samples(
+    key: PRNGKey,
+    mdp: TabularMDP,
+    policy: Array,
+    *,
+    horizon: int,
+    num_samples: int,
+    num_rollouts: int,
+    rollout_length: int,
+    num_trajectories: int = 1,
+    upper_mdp: TabularMDP | None = None,
+    common_random_numbers: bool = True,
+) -> HypergradientSamples:
+    """Draws the samples ``Xi`` of one Algorithm-3 estimate under ``policy``.
+
+    ``D`` i.i.d. tuples ``xi_j ~ rho(pi; M_u)``; for each visited ``(s_t, a_t)``,
+    ``E`` rollouts of length ``L`` in ``M`` under ``pi`` from ``(s_t, a_t)``
+    (``dQ^``) and ``E`` from ``s_t`` with ``a_0 ~ pi`` (``dV^``).
+    ``common_random_numbers`` couples the ``dQ^``/``dV^`` rollouts of a visited
+    pair (same mean, less variance). Sizes are static.
+
+    Raises:
+        ValueError: a size not an int ``>= 1``, or shapes that do not fit ``mdp``.
+    """
+    upper_mdp = check_mdps(mdp, upper_mdp, policy)
+    names = ("horizon", "num_trajectories", "num_samples")
+    sizes = (horizon, num_trajectories, num_samples)
+    H, m, D = (check_count(name, v) for name, v in zip(names, sizes))
+    E = check_count("num_rollouts", num_rollouts)
+    L = check_count("rollout_length", rollout_length)
+    key_outer, key_inner = jax.random.split(key)
+    trajs = rollout(key_outer, upper_mdp, policy, horizon=H, num_trajectories=D * m)
+    tuples = jax.tree.map(lambda a: a.reshape((D, m) + a.shape[1:]), trajs)
+    starts = jnp.repeat(tuples.states[..., None], E, axis=-1)  # [D, m, H, E]
+    first = jnp.repeat(tuples.actions[..., None], E, axis=-1)
+    key_q, key_v = jax.random.split(key_inner)
+    key_v = key_q if common_random_numbers else key_v
+    q_roll = rollout_from(key_q, mdp, policy, starts, first, horizon=L)
+    v_roll = rollout_from(key_v, mdp, policy, starts, None, horizon=L)
+    return HypergradientSamples(tuples, q_roll, v_roll)
+
+
+def samples_log_ratio(
+    samples: HypergradientSamples, target: Array, sampling: Array
+) -> tuple[Array, Array, Array]:
+    """Log-likelihood ratios ``log(target / sampling)`` of the drawn actions.
+
+    Returns:
+        ``(tuple [D], q [D, m, H, E], v [D, m, H, E])``: per tuple (all its
+        actions), per ``dQ^`` rollout (actions after the forced first one) and per
+        ``dV^`` rollout (all its actions).
+    """
+
+    def log_ratio(states, actions):
+        return jnp.log(target[states, actions]) - jnp.log(sampling[states, actions])
+
+    t = samples.tuples
+    q, v = samples.q_rollouts, samples.v_rollouts
+    tuple_lr = jnp.sum(log_ratio(t.states, t.actions), axis=(-2, -1))
+    q_lr = jnp.sum(log_ratio(q.states[..., 1:], q.actions[..., 1:]), axis=-1)
+    v_lr = jnp.sum(log_ratio(v.states, v.actions), axis=-1)
+    return tuple_lr, q_lr, v_lr
+
+
+def evaluate_hypergradient_samples(
+    samples: HypergradientSamples,
+    loss: TrajectoryLoss,
+    reward_fn: RewardFn,
+    x: PyTree,
+    mdp: TabularMDP,
+    *,
+    reweight: tuple[Array, Array] | None = None,
+    clip: float = 10.0,
+    with_value: bool = False,
+) -> PyTree | tuple[Array, PyTree]:
+    """Algorithm 3's estimate at ``x`` from stored samples ``Xi``.
+
+        dQ^(s, a) = (1/E) sum_e sum_{t'<L} gamma^t' grad_x r_x(s^e_t', a^e_t'),
+        g = (1/D) sum_j [grad_x l_j + (1/tau) l_j sum_{i,t} (dQ^ - dV^)(s_t, a_t)].
+
+    All rollouts fold into one ``[S, A]`` cotangent (discounted visit counts) and
+    ONE VJP. For fixed samples the estimate is a smooth function of ``x`` (the
+    Lipschitz estimator of the paper's Lemma I.4).
+
+    Args:
+        samples: from :func:`draw_hypergradient_samples`.
+        loss, reward_fn, x, mdp, with_value: as in :func:`sampled_hypergradient`.
+        reweight: ``(target, sampling)`` policies ``[S, A]``: importance-weight
+            every term by the likelihood ratio of its tuple and rollout under
+            ``target`` versus ``sampling`` (the policy that drew ``samples``), each
+            weight clipped to ``clip``; unbiased for the target policy's
+            expectation up to the clipping. ``None``: unweighted.
+        clip: largest importance weight.
+
+    Returns:
+        ``grad`` (a pytree like ``x``), or ``(mean loss, grad)``.
+    """
+    tuples = samples.tuples
+    losses, pullback = _losses_and_vjp(loss, reward_fn, x, tuples)
+    q_roll, v_roll = samples.q_rollouts, samples.v_rollouts
+    D, E, L = losses.shape[0], q_roll.states.shape[-2], q_roll.states.shape[-1]
+    dtype = mdp.P.dtype
+    discounts = jnp.cumprod(jnp.full((L,), mdp.gamma, dtype).at[0].set(1.0))
+    scale = losses.astype(dtype) / (D * E * mdp.tau)
+    weights = scale[:, None, None, None, None] * discounts  # [D, 1, 1, 1, L]
+    weights = jnp.broadcast_to(weights, q_roll.states.shape)  # [D, m, H, E, L]
+    outer = jnp.full((D,), 1.0 / D, dtype)
+    if reweight is None:
+        signed = jnp.stack([weights, -weights])  # dQ^ rollouts minus dV^ ones
+    else:
+        tuple_lr, q_lr, v_lr = samples_log_ratio(samples, *reweight)
+        tuple_lr = tuple_lr[:, None, None, None]
+
+        def ratio(log_ratio):
+            return jnp.minimum(jnp.exp(log_ratio), clip).astype(dtype)
+
+        w_q = ratio(tuple_lr + q_lr)[..., None]
+        w_v = ratio(tuple_lr + v_lr)[..., None]
+        signed = jnp.stack([weights * w_q, -weights * w_v])
+        outer = outer * ratio(tuple_lr[:, 0, 0, 0])
+    states, actions = (jnp.stack([q, v]) for q, v in zip(q_roll[:2], v_roll[:2]))
+    visits = _visit_table(states, actions, signed, *mdp.P.shape[-3:-1])
+    grad = pullback(outer, visits)
+    return (jnp.mean(losses), grad) if with_value else grad
+
+
 def sampled_hypergradient(
     key: PRNGKey,
     loss: TrajectoryLoss,
@@ -252,20 +406,11 @@ def sampled_hypergradient(
 ) -> PyTree | tuple[Array, PyTree]:
     """Stoc-SoBiRL (Algorithm 3) fully sampled hyper-gradient estimator.
 
-    ``D`` i.i.d. tuples ``xi_j ~ rho(pi_k; M_u)``; for each visited ``(s_t, a_t)``,
-    ``E`` rollouts of length ``L`` in ``M`` under ``pi_k`` from ``(s_t, a_t)``
-    (``dQ^``) and ``E`` from ``s_t`` with ``a_0 ~ pi_k`` (``dV^``):
-
-        dQ^(s, a) = (1/E) sum_e sum_{t'<L} gamma^t' grad_x r_x(s^e_t', a^e_t'),
-        g = (1/D) sum_j [grad_x l_j + (1/tau) l_j sum_{i,t} (dQ^ - dV^)(s_t, a_t)].
-
-    All rollouts fold into one ``[S, A]`` cotangent (discounted visit counts) and
-    ONE VJP. Mean: :func:`exact_trajectory_hypergradient` with ``rollout_length=L``
-    (bias ``O(gamma^L)``; ``(gamma |lambda_2(P Pi)|)^L`` on mixing MDPs, as the
-    centred ``dQ^ - dV^`` forget the start); ``D``, ``E`` set the variance. It is
-    deterministic in ``key``: the same key at ``(x_{k-1}, pi_{k-1})`` re-uses the
-    noise (Stoc-SoBiRL momentum). ``common_random_numbers`` couples the ``dQ^``/
-    ``dV^`` rollouts of a visited pair (same mean, less variance).
+    :func:`draw_hypergradient_samples` under ``policy``, then
+    :func:`evaluate_hypergradient_samples` at ``x``. Mean:
+    :func:`exact_trajectory_hypergradient` with ``rollout_length=L`` (bias
+    ``O(gamma^L)``; ``(gamma |lambda_2(P Pi)|)^L`` on mixing MDPs, as the centred
+    ``dQ^ - dV^`` forget the start); ``D``, ``E`` set the variance.
 
     Args:
         key, loss, reward_fn, x, mdp, policy, horizon, num_trajectories,
@@ -282,26 +427,12 @@ def sampled_hypergradient(
         SoBiRL (Yang et al., AISTATS 2025) Section 6, Algorithm 3, Appendix I
         (eqs. 78–80, Lemma I.1); docs/math.md §5 (symbols D, E, L [reconstructed]).
     """
-    E = check_count("num_rollouts", num_rollouts)
-    L = check_count("rollout_length", rollout_length)
-    sizes = (horizon, num_trajectories, num_samples)
-    key_inner, tuples, losses, pullback = _sampled_losses(
-        key, loss, reward_fn, x, mdp, upper_mdp, policy, sizes
+    samples = draw_hypergradient_samples(
+        key, mdp, policy, horizon=horizon, num_samples=num_samples,
+        num_rollouts=num_rollouts, rollout_length=rollout_length,
+        num_trajectories=num_trajectories, upper_mdp=upper_mdp,
+        common_random_numbers=common_random_numbers,
+    )  # fmt: skip
+    return evaluate_hypergradient_samples(
+        samples, loss, reward_fn, x, mdp, with_value=with_value
     )
-    D = losses.shape[0]
-    starts = jnp.repeat(tuples.states[..., None], E, axis=-1)  # [D, m, H, E]
-    first = jnp.repeat(tuples.actions[..., None], E, axis=-1)
-    key_q, key_v = jax.random.split(key_inner)
-    key_v = key_q if common_random_numbers else key_v
-    q_roll = rollout_from(key_q, mdp, policy, starts, first, horizon=L)
-    v_roll = rollout_from(key_v, mdp, policy, starts, None, horizon=L)
-
-    discounts = jnp.cumprod(jnp.full((L,), mdp.gamma, policy.dtype).at[0].set(1.0))
-    scale = losses.astype(policy.dtype) / (D * E * mdp.tau)
-    weights = scale[:, None, None, None, None] * discounts  # [D, 1, 1, 1, L]
-    weights = jnp.broadcast_to(weights, q_roll.states.shape)  # [D, m, H, E, L]
-    signed = jnp.stack([weights, -weights])  # dQ^ rollouts minus dV^ ones
-    states, actions = (jnp.stack([q, v]) for q, v in zip(q_roll[:2], v_roll[:2]))
-    visits = _visit_table(states, actions, signed, *policy.shape)
-    grad = pullback(jnp.full((D,), 1.0 / D), visits)
-    return (jnp.mean(losses), grad) if with_value else grad

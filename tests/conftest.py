@@ -1,14 +1,24 @@
-"""Shared test configuration: float64 everywhere (gradient checks need it).
+"""Shared test configuration: float64 everywhere (gradient checks need it), and
+derandomized hypothesis under ``CI``.
 
 float32 behaviour is tested by passing explicit ``float32`` arrays; with x64 enabled
 they stay float32.
 """
 
+import os
+
 import jax
 import numpy as np
 import pytest
+from hypothesis import settings
 
 jax.config.update("jax_enable_x64", True)
+
+# CI runs the property tests derandomized (a fixed seed): a red CI then means the
+# code changed, not the draw. Locally they explore new examples on every run.
+settings.register_profile("ci", derandomize=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 def random_P(rng: np.random.Generator, S: int, A: int, concentration=1.0):

@@ -166,6 +166,25 @@ def test_drlhf_converges_to_the_two_stage_rlhf_solution():
     assert float(hist["exact_grad_norm"][-1]) > 1e-3
 
 
+def test_drlhf_is_two_stage_rlhf_only_with_the_sft_reference():
+    # Demonstrations 6:4, preferences 50:50: pi_SFT = 0.6, the BT reward is flat,
+    # so RLHF (reference pi_SFT) keeps 0.6 while pi(r̂_P) with a uniform reference
+    # is 0.5: the counts separate the two.
+    data = two_action_data((6, 4), (50, 50))
+    solver = drlhf.make(optimizer={"learning_rate": 2.0})
+    pi_sft = sft_policy(data.demo_counts)
+    finals = {}
+    for name, mdp in [("uniform", BANDIT), ("sft", BANDIT.replace(ref_policy=pi_sft))]:
+        state, _ = run(solver, aihf_problem(mdp, data), jax.random.key(0), 200)
+        finals[name] = float(state.follower.policy[0, 0])
+    r_hat = fit_bradley_terry(data.wins)
+    assert finals["uniform"] == pytest.approx(0.5, abs=1e-6)
+    assert finals["sft"] == pytest.approx(
+        float(rlhf_policy(BANDIT, r_hat, pi_sft)[0, 0]), abs=1e-6
+    )
+    assert finals["sft"] == pytest.approx(0.6, abs=1e-6)
+
+
 @pytest.mark.parametrize(
     "make, kwargs, message",
     [

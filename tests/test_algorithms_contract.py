@@ -136,6 +136,7 @@ ALTERNATIVE_STRINGS = {
     "w0": "zeros",
     "solver_method": "value_iteration",
     "momentum": "average",
+    "sample_reuse": "likelihood_ratio",
     "upper_reward": "target",
 }
 

@@ -217,13 +217,21 @@ def test_unrolled_many_sweeps_matches_exact(case):
     assert rel_err(unrolled, exact) < 1e-9
 
 
-@pytest.mark.parametrize("case", ["dirichlet", "garnet_kl", "tau_1e-3", "gamma_0.99"])
+@pytest.mark.parametrize(
+    "case", ["dirichlet", "garnet_kl", "tau_1e-3", "tau_1e-3_saturated", "gamma_0.99"]
+)
 def test_central_finite_differences(case):
+    # tau_1e-3: rewards scaled so that r / tau = O(1); tau_1e-3_saturated: not
+    # rescaled, r / tau = O(1 / tau) and the policy is nearly greedy. The step
+    # moves the logits r / tau by ~1e-5 in both.
     x, mdp, data = make_instance(2, **CASES[case])
     _, g = vhg(x, mdp, data, method="closed_form")
+    assert float(jnp.linalg.norm(flat(g))) > 0
     flat_x, unravel = ravel_pytree(x)
     rng = np.random.default_rng(3)
     h = 1e-5 * float(CASES[case].get("scale", 1.0))
+    if case == "tau_1e-3_saturated":
+        h = 1e-5 * float(mdp.tau)
     for _ in range(3):
         d = jnp.asarray(rng.normal(size=flat_x.shape))
         d = d / jnp.linalg.norm(d)

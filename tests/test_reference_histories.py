@@ -127,6 +127,11 @@ CASES = {
 CHANGED = {("hpgd", "f")}
 """Metrics whose definition changed on purpose (module docstring); compared to
 1e-9 instead."""
+FIRST_ITERATION_ONLY = {"stoc_sobirl"}
+"""Cases whose algorithm was corrected after the reference was recorded: STORM
+re-evaluated re-drawn trajectories at the previous point (a key re-draw); it now
+re-evaluates the same stored ones (docs/math.md §5). Iteration 0 has no
+correction term and still equals the reference."""
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -140,8 +145,10 @@ def test_history_equals_the_pre_refactor_reference(name):
     assert expected, name
     missing = set(expected) - set(history)
     assert not missing, f"{name}: metrics no longer recorded: {missing}"
+    upto = 1 if name in FIRST_ITERATION_ONLY else ITERS
     for metric, want in expected.items():
         tol = 1e-9 if (name, metric) in CHANGED else 1e-12
         np.testing.assert_allclose(
-            history[metric], want, rtol=tol, atol=tol, err_msg=f"{name}/{metric}"
-        )
+            history[metric][:upto], want[:upto], rtol=tol, atol=tol,
+            err_msg=f"{name}/{metric}",
+        )  # fmt: skip

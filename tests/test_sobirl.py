@@ -86,7 +86,9 @@ def test_sobirl_converges_on_a_batch():
 
 @pytest.mark.parametrize("momentum", ["storm", "average"])
 def test_stoc_sobirl_converges_and_follows_its_schedules(momentum):
-    problems, keys = batch()
+    # 16 instances: the per-instance drops vary by ~0.25, so the mean drop's
+    # standard error must be small against the threshold of assert_descends.
+    problems, keys = batch(16)
     a, w, c = 0.5, 10.0, 20.0
     solver = stoc_sobirl.make(
         optimizer={"learning_rate": a, "schedule": "inverse_cube_root", "offset": w},

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 
 from bilevel_rl.algorithms.base import Solver, build_solver
 from bilevel_rl.algorithms.follower import (
@@ -124,7 +125,13 @@ def estimator(params: Params) -> Estimator:
         L = data.alpha * demo_term(data.demo_counts, policy) + preference_term(
             data.wins, reward
         )
-        return g, PolicyFollower(policy), {"f": -L, "inner_residual": change}
+        drawn = 0 if num_samples is None else num_samples * horizon
+        metrics = {
+            "f": -L,
+            "inner_residual": change,
+            "transitions": jnp.asarray(drawn, L.dtype),
+        }
+        return g, PolicyFollower(policy), metrics
 
     return Estimator(init_policy_follower, estimate, maximize=True)
 

@@ -26,6 +26,8 @@ Common metrics (every solver, every iteration, at ``x_k`` before its update):
   mean for sampled estimators; for a maximized objective ``L``, ``f = -L``);
 * ``inner_residual``: how far the follower is from its target, in the estimator's
   own measure (documented per algorithm);
+* ``transitions``: the transitions ``(s, a, s')`` drawn from the simulator in this
+  iteration (0 for model-based estimators), so that methods compare per sample;
 * with ``track_exact``: ``exact_f = f(x_k, pi*_{x_k})`` and ``exact_grad_norm =
   ‖∇φ(x_k)‖`` (:func:`exact_metrics`, docs/math.md §2).
 """
@@ -58,7 +60,7 @@ __all__ = [
     "tree_norm",
 ]
 
-COMMON_METRICS = ("grad_norm", "f", "inner_residual")
+COMMON_METRICS = ("grad_norm", "f", "inner_residual", "transitions")
 """Metrics every solver records (see the module docstring for their meaning)."""
 
 EXACT_METRICS = ("exact_f", "exact_grad_norm")

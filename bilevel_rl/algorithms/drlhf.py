@@ -8,8 +8,12 @@ A baseline without hyper-gradient coupling (docs/math.md §8). Per iteration:
 2. policy step: ``N`` warm-started soft policy-iteration / PMD steps towards the
    soft-optimal (KL-regularized) policy of the current reward.
 
-Its fixed point is the two-stage RLHF solution (BT reward, then the regularized
-optimal policy); unlike AIHF it ignores the demonstrations in the reward.
+Its fixed point is the Bradley–Terry reward ``r̂_P`` and the soft-optimal policy of
+``r̂_P`` regularized toward ``mdp.ref_policy`` (uniform when unset). That is the
+two-stage RLHF solution only when ``mdp.ref_policy`` is the SFT policy
+``pi_SFT`` of the demonstrations (RLHF's reference); with another reference it is
+``pi(r̂_P)`` for that reference. Unlike AIHF it ignores the demonstrations in the
+reward (they enter only its reported objective ``f``).
 Problems are those of :func:`bilevel_rl.alignment.aihf_problem` (``AlignmentData``).
 
 References:
@@ -22,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 
 from bilevel_rl.algorithms.base import Solver, build_solver
 from bilevel_rl.algorithms.follower import (
@@ -84,7 +89,8 @@ def estimator(params: Params) -> Estimator:
             inner_steps=params.inner_steps,
         )  # fmt: skip
         f = -(data.alpha * demo_term(data.demo_counts, policy) + l2)
-        return g, PolicyFollower(policy), {"f": f, "inner_residual": change}
+        metrics = {"f": f, "inner_residual": change, "transitions": jnp.zeros_like(f)}
+        return g, PolicyFollower(policy), metrics
 
     return Estimator(init_policy_follower, estimate, maximize=True)
 

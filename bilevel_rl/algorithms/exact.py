@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax.numpy as jnp
+
 from bilevel_rl.algorithms.base import Solver, build_solver, tree_norm
 from bilevel_rl.algorithms.follower import init_no_follower
 from bilevel_rl.algorithms.params import (
@@ -73,6 +75,7 @@ def estimator(params: Params) -> Estimator:
         metrics = {
             "f": f,
             "inner_residual": sol.residual,
+            "transitions": jnp.zeros_like(f),
             "exact_f": f,
             "exact_grad_norm": tree_norm(grad),
         }

@@ -168,7 +168,8 @@ def estimator(params: Params) -> Estimator:
             horizon=params.horizon,
             with_solution=True,
         )
-        return g, follower, {"f": f, "inner_residual": residual}
+        drawn = jnp.asarray(params.num_samples * params.horizon, f.dtype)
+        return g, follower, {"f": f, "inner_residual": residual, "transitions": drawn}
 
     return Estimator(init_no_follower, estimate)
 

@@ -145,6 +145,7 @@ def estimator(params: Params) -> Estimator:
             "f": f,
             "inner_residual": inner_residual.astype(f.dtype),
             "adjoint_residual": jnp.linalg.norm(A_k.T @ w - b),
+            "transitions": jnp.zeros((), f.dtype),
         }
         return g_hat, MSoBiRLFollower(v, w, follower.k + 1), metrics
 

@@ -1,15 +1,19 @@
 """Momentum as a wrapper around a sampled estimator (docs/math.md §5).
 
-A sampled estimator splits in two halves (:class:`SplitEstimator`): ``align``
-moves the follower toward ``pi*_{x_k}`` and ``evaluate`` draws the estimate at a
-FIXED follower state from a key. The wrappers turn it into an
-:class:`~bilevel_rl.types.Estimator` whose ``grad`` is the momentum direction
-``d_k``:
+A sampled estimator splits in three parts (:class:`SplitEstimator`): ``align``
+moves the follower toward ``pi*_{x_k}``, ``draw`` draws the samples ``Xi_k`` (the
+stored trajectories) under the aligned follower, and ``evaluate`` computes the
+estimate from given samples at any ``x`` (optionally importance-weighted to
+another follower). The wrappers turn it into an
+:class:`~bilevel_rl.types.Estimator` whose ``grad`` is the direction ``d_k``:
 
 * :func:`plain`: ``d_k = ĝ_k`` (no momentum);
 * :func:`storm`: ``d_k = ĝ(x_k, pi_k; Xi_k) + (1 - eta_k)(d_{k-1} -
-  ĝ(x_{k-1}, pi_{k-1}; Xi_k))``, ``d_0 = ĝ_0`` **[reconstructed, STORM form]**; the
-  samples ``Xi_k`` are re-used at the previous point by re-using the key;
+  ĝ(x_{k-1}, pi_{k-1}; Xi_k))``, ``d_0 = ĝ_0`` **[reconstructed, STORM form;
+  corrected]**: ``Xi_k`` is drawn ONCE, at ``(x_k, pi_k)``, and the same stored
+  trajectories are re-evaluated at ``x_{k-1}`` (``reuse="fixed"``, the paper's
+  Lemma I.4), or also importance-weighted by their likelihood ratio
+  ``pi_{k-1} / pi_k`` (``reuse="likelihood_ratio"``, unbiased up to clipping);
 * :func:`moving_average`: ``d_k = (1 - eta_k) d_{k-1} + eta_k ĝ_k``, ``d_0 = ĝ_0``.
 
 ``eta_0 = 1`` and ``eta_{k+1} = clip(c lr_k^2, 0, 1)`` with ``lr_k`` the leader's
@@ -28,19 +32,29 @@ import jax.numpy as jnp
 from bilevel_rl.algorithms.base import tree_norm
 from bilevel_rl.types import Array, Estimator, EstimatorInit, FollowerState, PyTree
 
+REUSE = ("fixed", "likelihood_ratio")
+
 AlignFn = Callable[[FollowerState, Any, PyTree], tuple[FollowerState, Array]]
 """``align(follower, problem, x) -> (follower, inner_residual)``."""
 
-EvaluateFn = Callable[[FollowerState, Any, PyTree, Array], tuple[Array, PyTree]]
-"""``evaluate(follower, problem, x, key) -> (f, grad)`` at a fixed follower: the
-same key gives the same samples."""
+DrawFn = Callable[[FollowerState, Any, PyTree, Array], Any]
+"""``draw(follower, problem, x, key) -> samples`` (a pytree of stored draws)."""
+
+EvaluateFn = Callable[
+    [Any, Any, PyTree, tuple[FollowerState, FollowerState] | None],
+    tuple[Array, PyTree],
+]
+"""``evaluate(samples, problem, x, reweight) -> (f, grad)``; ``reweight`` is
+``None`` or ``(target, sampling)`` followers: weight the samples (drawn under
+``sampling``) by their likelihood ratio under ``target``."""
 
 
 class SplitEstimator(NamedTuple):
-    """A sampled estimator in two halves (see the module docstring)."""
+    """A sampled estimator in three parts (see the module docstring)."""
 
     init: EstimatorInit
     align: AlignFn
+    draw: DrawFn
     evaluate: EvaluateFn
 
 
@@ -63,18 +77,36 @@ class MomentumState(NamedTuple):
     k: Array
 
 
+def num_transitions(samples) -> int:
+    """Transitions drawn in ``samples``: the size of every ``states`` array of the
+    (static-shaped) trajectories it holds."""
+    leaves = jax.tree_util.tree_leaves_with_path(samples)
+    return sum(leaf.size for path, leaf in leaves if "states" in str(path[-1]))
+
+
+def _estimate_now(split, follower, problem, x, key):
+    inner, change = split.align(follower, problem, x)
+    samples = split.draw(inner, problem, x, key)
+    f, g_hat = split.evaluate(samples, problem, x, None)
+    metrics = {
+        "f": f,
+        "inner_residual": change,
+        "transitions": jnp.asarray(num_transitions(samples), f.dtype),
+    }
+    return inner, samples, g_hat, metrics
+
+
 def plain(split: SplitEstimator) -> Estimator:
-    """``align`` then ``evaluate``: the estimate itself, no momentum."""
+    """``align``, ``draw`` and ``evaluate``: the estimate itself, no momentum."""
 
     def estimate(follower, problem, x, key):
-        follower, change = split.align(follower, problem, x)
-        f, g = split.evaluate(follower, problem, x, key)
-        return g, follower, {"f": f, "inner_residual": change}
+        follower, _, g, metrics = _estimate_now(split, follower, problem, x, key)
+        return g, follower, metrics
 
     return Estimator(split.init, estimate)
 
 
-def _momentum(split, combine, step_size, scale, reevaluate) -> Estimator:
+def _momentum(split, combine, step_size, scale, reuse) -> Estimator:
     def init(problem, x0, key) -> MomentumState:
         inner = split.init(problem, x0, key)
         dtype = problem.mdp.P.dtype
@@ -83,21 +115,20 @@ def _momentum(split, combine, step_size, scale, reevaluate) -> Estimator:
         return MomentumState(inner, x0, zeros, one, k)
 
     def estimate(state: MomentumState, problem, x, key):
-        inner, change = split.align(state.inner, problem, x)
-        f, g_hat = split.evaluate(inner, problem, x, key)
+        inner, samples, g_hat, own = _estimate_now(split, state.inner, problem, x, key)
         g_prev = None
-        if reevaluate:  # the same samples (key) at the previous point
-            _, g_prev = split.evaluate(state.inner, problem, state.x_prev, key)
+        if reuse is not None:  # the same samples Xi_k at the previous point
+            reweight = (state.inner, inner) if reuse == "likelihood_ratio" else None
+            _, g_prev = split.evaluate(samples, problem, state.x_prev, reweight)
         update = combine(g_hat, state.d, g_prev, state.weight)
         first = state.k == 0
         d = jax.tree.map(lambda g, u: jnp.where(first, g, u), g_hat, update)
         lr = step_size(state.k)
         weight = jnp.clip(scale * lr**2, 0.0, 1.0).astype(state.weight.dtype)
         metrics = {
-            "f": f,
-            "inner_residual": change,
+            **own,
             "estimate_norm": tree_norm(g_hat),
-            "step_size": jnp.asarray(lr, f.dtype),
+            "step_size": jnp.asarray(lr, own["f"].dtype),
             "momentum_weight": state.weight,
         }
         return d, MomentumState(inner, x, d, weight, state.k + 1), metrics
@@ -106,14 +137,24 @@ def _momentum(split, combine, step_size, scale, reevaluate) -> Estimator:
 
 
 def storm(
-    split: SplitEstimator, *, step_size: Callable[[Array], Array], scale: float
+    split: SplitEstimator,
+    *,
+    step_size: Callable[[Array], Array],
+    scale: float,
+    reuse: str = "fixed",
 ) -> Estimator:
-    """STORM momentum; ``eta_{k+1} = clip(scale * step_size(k)^2, 0, 1)``."""
+    """STORM momentum; ``eta_{k+1} = clip(scale * step_size(k)^2, 0, 1)``.
+
+    Raises:
+        ValueError: ``reuse`` not in :data:`REUSE`.
+    """
+    if reuse not in REUSE:
+        raise ValueError(f"reuse: must be one of {REUSE}, got {reuse!r}")
 
     def combine(g, d, g_prev, eta):
         return jax.tree.map(lambda g, d, gp: g + (1.0 - eta) * (d - gp), g, d, g_prev)
 
-    return _momentum(split, combine, step_size, scale, reevaluate=True)
+    return _momentum(split, combine, step_size, scale, reuse)
 
 
 def moving_average(
@@ -129,4 +170,4 @@ def moving_average(
         w = eta if weight is None else weight
         return jax.tree.map(lambda g, d: (1.0 - w) * d + w * g, g, d)
 
-    return _momentum(split, combine, step_size, scale, reevaluate=False)
+    return _momentum(split, combine, step_size, scale, None)

@@ -246,11 +246,14 @@ def estimator(params: Params) -> Estimator:
             cg_iters=params.cg_iters, cg_tol=params.cg_tol, damping=params.damping,
         )  # fmt: skip
         star = best_response(mdp, reward)
+        drawn = 0 if num_samples is None else num_samples * problem.num_trajectories
+        drawn *= problem.horizon
         metrics = {
             "f": f,
             "inner_residual": jnp.linalg.norm(ascent(mdp, reward, logits)),
             "lower_gap": mdp.rho @ star.v - follower_value(mdp, reward, logits),
             "cg_residual": cg_residual,
+            "transitions": jnp.asarray(drawn, f.dtype),
         }
         return grad, LogitFollower(logits), metrics
 

@@ -143,6 +143,7 @@ def estimator(params: Params) -> Estimator:
             "f": f,
             "inner_residual": change,
             "value_gap": mdp.rho @ (star.v - v_pi),
+            "transitions": jnp.zeros((), f.dtype),
         }
         return grad, PolicyFollower(policy), metrics
 

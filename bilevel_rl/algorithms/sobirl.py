@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax.numpy as jnp
+
 from bilevel_rl.algorithms.base import Solver, build_solver
 from bilevel_rl.algorithms.follower import (
     PolicyFollower,
@@ -102,7 +104,13 @@ def estimator(params: Params) -> Estimator:
             num_trajectories=problem.num_trajectories,
             with_value=True,
         )
-        return g_hat, PolicyFollower(pi), {"f": f, "inner_residual": change}
+        drawn = params.num_samples * problem.num_trajectories * problem.horizon
+        metrics = {
+            "f": f,
+            "inner_residual": change,
+            "transitions": jnp.asarray(drawn, f.dtype),
+        }
+        return g_hat, PolicyFollower(pi), metrics
 
     return Estimator(init, estimate)
 

@@ -7,7 +7,10 @@ Per outer iteration ``k`` (docs/math.md §5):
    of length ``L`` per visited pair
    (:func:`bilevel_rl.estimators.sampled_hypergradient`) **[reconstructed symbols]**;
 3. momentum (:mod:`bilevel_rl.algorithms.momentum`): STORM (``momentum="storm"``)
-   **[reconstructed]**, the moving average (``"average"``) or none (``"none"``);
+   **[reconstructed; corrected]** — ``Xi_k`` drawn once at ``(x_k, pi_k)`` and the
+   same stored trajectories re-evaluated at ``x_{k-1}`` (``sample_reuse="fixed"``)
+   or also likelihood-ratio weighted (``"likelihood_ratio"``) — the moving average
+   (``"average"``) or none (``"none"``);
 4. ``x_{k+1} = x_k - lr_k d_k`` with the optimizer's step; the default is the
    theory's ``lr_k = a / (w + k)^{1/3}`` (``Optimizer(learning_rate=a,
    schedule="inverse_cube_root", offset=w)``), and ``eta_{k+1} = clip(c lr_k^2, 0,
@@ -42,7 +45,10 @@ from bilevel_rl.algorithms.params import (
     unit_interval,
     validate,
 )
-from bilevel_rl.estimators import sampled_hypergradient
+from bilevel_rl.estimators import (
+    draw_hypergradient_samples,
+    evaluate_hypergradient_samples,
+)
 from bilevel_rl.types import Estimator
 
 DESCRIPTION = (
@@ -76,6 +82,15 @@ class Params:
         None, "a constant eta for momentum = average (unset: the schedule)",
         optional(unit_interval),
     )  # fmt: skip
+    sample_reuse: str = option(
+        "fixed",
+        "STORM's previous-point term: the same stored samples (fixed) or also "
+        "weighted by their likelihood ratio (likelihood_ratio)",
+        choice(*mom.REUSE),
+    )
+    weight_clip: float = option(
+        10.0, "largest likelihood-ratio weight (likelihood_ratio)", positive
+    )
     num_samples: int = option(8, "D trajectory tuples per estimate", count)
     num_rollouts: int = option(4, "E generative rollouts per visited pair", count)
     rollout_length: int = option(20, "L steps per rollout (bias O(gamma^L))", count)
@@ -113,23 +128,33 @@ def split_estimator(params: Params) -> mom.SplitEstimator:
         )
         return PolicyFollower(pi), change
 
-    def evaluate(follower: PolicyFollower, problem, x, key):
-        return sampled_hypergradient(
+    def draw(follower: PolicyFollower, problem, x, key):
+        return draw_hypergradient_samples(
             key,
-            problem.loss,
-            problem.reward,
-            x,
             problem.mdp,
             follower.policy,
             horizon=problem.horizon,
             num_trajectories=problem.num_trajectories,
-            with_value=True,
             num_samples=params.num_samples,
             num_rollouts=params.num_rollouts,
             rollout_length=params.rollout_length,
         )
 
-    return mom.SplitEstimator(init, align, evaluate)
+    def evaluate(samples, problem, x, reweight):
+        if reweight is not None:
+            reweight = tuple(follower.policy for follower in reweight)
+        return evaluate_hypergradient_samples(
+            samples,
+            problem.loss,
+            problem.reward,
+            x,
+            problem.mdp,
+            reweight=reweight,
+            clip=params.weight_clip,
+            with_value=True,
+        )
+
+    return mom.SplitEstimator(init, align, draw, evaluate)
 
 
 def estimator(params: Params) -> Estimator:
@@ -140,7 +165,7 @@ def estimator(params: Params) -> Estimator:
         return mom.plain(split)
     schedule = dict(step_size=params.optimizer.step_size, scale=params.momentum_scale)
     if params.momentum == "storm":
-        return mom.storm(split, **schedule)
+        return mom.storm(split, reuse=params.sample_reuse, **schedule)
     return mom.moving_average(split, weight=params.average_weight, **schedule)
 
 
