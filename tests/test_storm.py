@@ -100,3 +100,16 @@ def test_storm_direction_error_is_below_no_momentum_after_burn_in():
     plain = direction_errors("none")[:, 100:].mean(axis=1)
     se = np.hypot(storm.std(), plain.std()) / np.sqrt(len(storm))
     assert storm.mean() + 3 * se < plain.mean(), (storm.mean(), plain.mean(), se)
+
+
+def test_transitions_count_every_drawn_step():
+    # D tuples of m trajectories of H steps, and 2 E rollouts of L steps per visit.
+    D, E, L = 2, 3, 4
+    m, H = 1, TINY["horizon"]
+    solver = stoc_sobirl.make(
+        num_samples=D, num_rollouts=E, rollout_length=L, inner_steps=1,
+        momentum="none", track_exact=False,
+    )  # fmt: skip
+    prob = problem()
+    _, metrics = solver.step(solver.init(prob, jax.random.key(0)), prob)
+    assert float(metrics["transitions"]) == D * m * H * (1 + 2 * E * L)

@@ -78,10 +78,12 @@ class MomentumState(NamedTuple):
 
 
 def num_transitions(samples) -> int:
-    """Transitions drawn in ``samples``: the size of every ``states`` array of the
-    (static-shaped) trajectories it holds."""
+    """Transitions drawn in ``samples``: the size of every ``states`` field (one
+    ``(s_t, a_t) -> s_{t+1}`` per entry) of the trajectories it holds."""
     leaves = jax.tree_util.tree_leaves_with_path(samples)
-    return sum(leaf.size for path, leaf in leaves if "states" in str(path[-1]))
+    return sum(
+        leaf.size for path, leaf in leaves if getattr(path[-1], "name", "") == "states"
+    )
 
 
 def _estimate_now(split, follower, problem, x, key):
