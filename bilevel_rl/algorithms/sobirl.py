@@ -9,7 +9,9 @@ Per outer iteration ``k`` (docs/math.md §4):
    early once successive policies differ by less than ``inner_tol``;
 2. estimate (12)+(13) of Prop. 5.2 with ``pi_k`` in place of ``pi*``: ``D`` tuples
    of trajectories sampled from ``pi_k`` and the exact tabular ``∂Q/∂V`` of
-   Prop. 5.1 (:func:`bilevel_rl.estimators.sampled_outer_hypergradient`);
+   Prop. 5.1 (:func:`bilevel_rl.estimators.sampled_outer_hypergradient`), or, with
+   ``num_samples`` unset, the exact expectation (:func:`exact_outer_hypergradient`):
+   the deterministic method of the paper's analysis (its ``O(1/K)`` rate);
 3. ``x <- x - lr ĝ`` (or any optax transformation of ``ĝ``).
 
 The problem must carry a ``trajectory_loss`` (see :class:`bilevel_rl.BilevelProblem`).
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 
 from bilevel_rl.algorithms.base import Solver, build_solver
@@ -39,10 +42,12 @@ from bilevel_rl.algorithms.params import (
     flag,
     nonnegative,
     option,
+    optional,
     step_or_inf,
     validate,
 )
 from bilevel_rl.estimators import sampled_outer_hypergradient
+from bilevel_rl.implicit import adjoint_weights
 from bilevel_rl.problem import BilevelProblem
 from bilevel_rl.types import Estimator, PRNGKey, PyTree
 
@@ -68,11 +73,32 @@ class Params:
         0.0, "stop the inner loop once the policy moves less (0: always N)",
         nonnegative,
     )  # fmt: skip
-    num_samples: int = option(16, "D trajectory tuples per estimate", count)
+    num_samples: int | None = option(
+        16,
+        "D trajectory tuples per estimate (unset: the exact outer expectation, "
+        "the deterministic method the paper analyses)",
+        optional(count),
+    )
     track_exact: bool = option(True, "record exact_f and exact_grad_norm", flag)
 
     def __post_init__(self):
         validate(self)
+
+
+def exact_outer_hypergradient(problem: BilevelProblem, x, policy):
+    """``(f(x, pi), (12)+(13) at pi)``: Prop. 5.2's exact expectation at the policy
+    ``pi`` (not ``pi*``), by the tabular closed form.
+
+    With ``g = ∇_pi f(x, pi)`` the score-function term (13) is
+    ``(1/tau) sum_{s,a} pi (g - <pi, g>) (dQ^pi - dV^pi)``, i.e. the adjoint formula
+    of docs/math.md §2 evaluated at ``pi``: ``∇_x f + J^T (I - gamma P Pi)^{-T} u`` with
+    ``u = pi (g - <pi, g>) / tau``. At ``pi = pi*_x`` it is ``∇φ(x)``. ``problem.upper``
+    must be the exact expectation of the trajectory loss (tested against enumeration).
+    """
+    reward, reward_vjp = jax.vjp(problem.reward, x)
+    f, (grad_x, grad_pi) = jax.value_and_grad(problem.objective, (0, 1))(x, policy)
+    (grad_r,) = reward_vjp(adjoint_weights(problem.mdp, policy, grad_pi))
+    return f, jax.tree.map(jnp.add, grad_x, grad_r)
 
 
 def estimator(params: Params) -> Estimator:
@@ -92,19 +118,23 @@ def estimator(params: Params) -> Estimator:
             inner_steps=params.inner_steps,
             inner_tol=params.inner_tol,
         )
-        f, g_hat = sampled_outer_hypergradient(
-            key,
-            problem.loss,
-            problem.reward,
-            x,
-            problem.mdp,
-            pi,
-            horizon=problem.horizon,
-            num_samples=params.num_samples,
-            num_trajectories=problem.num_trajectories,
-            with_value=True,
-        )
-        drawn = params.num_samples * problem.num_trajectories * problem.horizon
+        if params.num_samples is None:
+            f, g_hat = exact_outer_hypergradient(problem, x, pi)
+            drawn = 0
+        else:
+            f, g_hat = sampled_outer_hypergradient(
+                key,
+                problem.loss,
+                problem.reward,
+                x,
+                problem.mdp,
+                pi,
+                horizon=problem.horizon,
+                num_samples=params.num_samples,
+                num_trajectories=problem.num_trajectories,
+                with_value=True,
+            )
+            drawn = params.num_samples * problem.num_trajectories * problem.horizon
         metrics = {
             "f": f,
             "inner_residual": change,
