@@ -46,6 +46,7 @@ __all__ = [
     "adjoint_weights",
     "hypergradient",
     "hypergradient_and_solution",
+    "hypergradient_at_policy",
     "q_value_jacobian",
     "value_and_hypergradient",
     "value_jacobian",
@@ -79,6 +80,26 @@ def _at_solution(upper, reward_fn, x, mdp, tol, max_iters, solver_method):
         return reward_vjp(cotangent.astype(reward.dtype))[0]
 
     return f, grad_x, grad_policy, sol._replace(policy=policy), jt
+
+
+def hypergradient_at_policy(
+    upper: BoundUpperFn,
+    reward_fn: BoundRewardFn,
+    x: PyTree,
+    mdp: TabularMDP,
+    policy: Array,
+) -> tuple[Array, PyTree]:
+    """``(f(x, pi), ∇_x f + J^T w)``: the adjoint formula of docs/math.md §2 at a
+    given ``policy`` ``[S, A]`` (``grad phi(x)`` when ``policy = pi*_x``).
+
+    At another policy it is Prop. 5.2's exact expectation (12)+(13) with ``pi`` in
+    place of ``pi*`` (docs/math.md §4): the score-function term equals
+    ``(1/tau) sum_{s,a} pi (g - <pi, g>) (dQ^pi - dV^pi)`` with ``g = ∇_pi f``.
+    """
+    reward, reward_vjp = jax.vjp(reward_fn, x)
+    f, (grad_x, grad_pi) = jax.value_and_grad(upper, argnums=(0, 1))(x, policy)
+    w = adjoint_weights(mdp, policy, grad_pi)
+    return f, _tree_add(grad_x, reward_vjp(w.astype(reward.dtype))[0])
 
 
 def hypergradient_and_solution(

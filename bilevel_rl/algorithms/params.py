@@ -136,11 +136,7 @@ def option(default, help: str, rule: Rule | None = None, **field_kwargs):
     ``rule(name, value) -> value`` returns the (normalized) value or raises
     ``TypeError``/``ValueError`` naming the field.
     """
-    meta = {"help": help, "rule": rule}
-    if isinstance(default, Optimizer):
-        return dataclasses.field(
-            default_factory=lambda: default, metadata=meta, **field_kwargs
-        )
+    meta = {"help": help, "rule": rule}  # an Optimizer default is frozen: shareable
     return dataclasses.field(default=default, metadata=meta, **field_kwargs)
 
 
@@ -253,10 +249,7 @@ def build_optimizer(optimizer) -> optax.GradientTransformation:
 
 def default_optimizer(params_cls) -> Optimizer | optax.GradientTransformation:
     """The default of ``params_cls.optimizer``."""
-    field = params_cls.__dataclass_fields__["optimizer"]
-    if field.default_factory is not dataclasses.MISSING:
-        return field.default_factory()
-    return field.default
+    return params_cls.__dataclass_fields__["optimizer"].default
 
 
 def rename_deprecated(

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 
 from bilevel_rl.algorithms.base import Solver, build_solver
@@ -47,7 +46,7 @@ from bilevel_rl.algorithms.params import (
     validate,
 )
 from bilevel_rl.estimators import sampled_outer_hypergradient
-from bilevel_rl.implicit import adjoint_weights
+from bilevel_rl.hypergrad import hypergradient_at_policy
 from bilevel_rl.problem import BilevelProblem
 from bilevel_rl.types import Estimator, PRNGKey, PyTree
 
@@ -87,18 +86,12 @@ class Params:
 
 def exact_outer_hypergradient(problem: BilevelProblem, x, policy):
     """``(f(x, pi), (12)+(13) at pi)``: Prop. 5.2's exact expectation at the policy
-    ``pi`` (not ``pi*``), by the tabular closed form.
-
-    With ``g = ∇_pi f(x, pi)`` the score-function term (13) is
-    ``(1/tau) sum_{s,a} pi (g - <pi, g>) (dQ^pi - dV^pi)``, i.e. the adjoint formula
-    of docs/math.md §2 evaluated at ``pi``: ``∇_x f + J^T (I - gamma P Pi)^{-T} u`` with
-    ``u = pi (g - <pi, g>) / tau``. At ``pi = pi*_x`` it is ``∇φ(x)``. ``problem.upper``
-    must be the exact expectation of the trajectory loss (tested against enumeration).
+    ``pi`` (not ``pi*``), by the tabular closed form
+    (:func:`bilevel_rl.hypergrad.hypergradient_at_policy`). ``problem.upper`` must be
+    the exact expectation of the trajectory loss (tested against enumeration).
     """
-    reward, reward_vjp = jax.vjp(problem.reward, x)
-    f, (grad_x, grad_pi) = jax.value_and_grad(problem.objective, (0, 1))(x, policy)
-    (grad_r,) = reward_vjp(adjoint_weights(problem.mdp, policy, grad_pi))
-    return f, jax.tree.map(jnp.add, grad_x, grad_r)
+    reward_fn, upper = problem.bind()
+    return hypergradient_at_policy(upper, reward_fn, x, problem.mdp, policy)
 
 
 def estimator(params: Params) -> Estimator:

@@ -365,11 +365,7 @@ def _check_algorithm_params(name: str, values: Any) -> dict[str, Any]:
             )
     out = {}
     for key, f in fields.items():
-        default = (
-            f.default
-            if f.default_factory is dataclasses.MISSING
-            else f.default_factory()
-        )
+        default = f.default
         value = values.get(key, default)
         if isinstance(default, Optimizer):
             if isinstance(value, dict):
@@ -387,8 +383,6 @@ def _check_algorithm_params(name: str, values: Any) -> dict[str, Any]:
                 value, bool
             ):
                 raise ConfigError(f"{table}.{key}: expected a number, got {value!r}")
-        elif callable(value) and not isinstance(default, str | bool | int | float):
-            pass
         else:
             value = _check_value(f"{table}.{key}", value, default)
         out[key] = value
