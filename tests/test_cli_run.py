@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from bilevel_rl.cli import main
+from bilevel_rl.experiment import checkpoint, load_history
 from bilevel_rl.experiment.config import load_config
 
 TINY = [
@@ -40,16 +41,19 @@ def test_run_writes_every_file_consistent_with_its_arrays(tiny_run):
         "checkpoints",
         "config.toml",
         "convergence.png",
-        "history.npz",
+        "history",
         "metrics.json",
+    ]
+    assert sorted(os.listdir(out / "history")) == ["runs.npz"] + [
+        f"segment-{k:09d}-{k + 4:09d}.npz" for k in range(0, 20, 5)
     ]
     assert (out / "convergence.png").stat().st_size > 10_000
     cfg = load_config(str(out / "config.toml"))
     assert (cfg.batch, cfg.iterations, cfg.suite_params["dim"]) == (3, 20, 6)
     metrics = json.loads((out / "metrics.json").read_text())
-    with np.load(out / "history.npz") as h:
-        arrays = dict(h)
+    arrays = load_history(str(out))
     assert arrays["grad_norm"].shape == (3, 20) and arrays["x"].shape == (3, 6)
+    assert list(arrays["iterations"]) == list(range(20))
     assert arrays["finite"].all() and (arrays["diverged_at"] == -1).all()
     for name in ("grad_norm", "f", "exact_grad_norm", "exact_f", "adjoint_residual"):
         stats = metrics["final"][name]
@@ -57,10 +61,32 @@ def test_run_writes_every_file_consistent_with_its_arrays(tiny_run):
         last = arrays[name][:, -1]
         assert stats["median"] == pytest.approx(np.median(last), rel=1e-12)
         assert stats["min"] == last.min() and stats["max"] == last.max()
+        # The statistics at every iteration are those of the per-run arrays.
+        np.testing.assert_allclose(
+            arrays[f"{name}.p90"], np.percentile(arrays[name], 90, axis=0), rtol=1e-14
+        )
+        assert (arrays[f"{name}.nonfinite"] == 0).all()
     assert metrics["runs"] == 3 and metrics["diverged"] == []
     assert metrics["compile_s"] > 0 and metrics["run_s"] > 0
     gap = np.abs(arrays["exact_f"][:, -1] - arrays["optimum"]).max()
     assert metrics["optimum_gap_max"] == pytest.approx(gap, rel=1e-12)
+    # A checkpoint holds the state, not the history.
+    for path in checkpoint.list_checkpoints(str(out / "checkpoints")):
+        assert os.path.getsize(path) < 8_000
+
+
+def test_large_batches_record_thinned_histories(tmp_path):
+    out = tmp_path / "o"
+    args = [*TINY, "--record-every", "4", "--out", str(out)]
+    assert run_cli(*args) == 0
+    h = load_history(str(out))
+    assert list(h["iterations"]) == [3, 7, 11, 15, 19]
+    assert h["grad_norm"].shape == (3, 5) and h["grad_norm.p50"].shape == (20,)
+    with np.load(out / "history" / "segment-000000015-000000019.npz") as seg:
+        np.testing.assert_array_equal(seg["grad_norm"][:, -1], h["grad_norm"][:, -1])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["record_every"] == 4
+    assert load_config(str(out / "config.toml")).recording == 4
 
 
 def test_config_example_round_trips_and_options_override_it(tmp_path, tiny_run):
@@ -71,9 +97,10 @@ def test_config_example_round_trips_and_options_override_it(tmp_path, tiny_run):
     # The file's own settings, with options on top; same result as the tiny run.
     out = tmp_path / "out"
     assert run_cli("--config", str(path), *TINY, "--out", str(out)) == 0
-    with np.load(out / "history.npz") as a, np.load(tiny_run / "history.npz") as b:
-        for name in a.files:
-            np.testing.assert_array_equal(a[name], b[name])
+    a, b = load_history(str(out)), load_history(str(tiny_run))
+    assert sorted(a) == sorted(b)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
 
 
 def test_progress_lines_when_not_a_terminal(tmp_path, capfd):
@@ -86,12 +113,12 @@ def test_progress_lines_when_not_a_terminal(tmp_path, capfd):
 def test_seeds_repeat_instances_with_different_keys(tmp_path):
     out = tmp_path / "o"
     assert run_cli(*TINY, "--seeds", "2", "-p", "w0=normal", "--out", str(out)) == 0
-    with np.load(out / "history.npz") as h:
-        assert list(h["instance"]) == [0, 0, 1, 1, 2, 2]
-        assert list(h["seed_index"]) == [0, 1, 0, 1, 0, 1]
-        # Same instance, different w0 draws: different paths, same problem.
-        assert not np.array_equal(h["adjoint_residual"][0], h["adjoint_residual"][1])
-        assert h["optimum"][0] == h["optimum"][1]
+    h = load_history(str(out))
+    assert list(h["instance"]) == [0, 0, 1, 1, 2, 2]
+    assert list(h["seed_index"]) == [0, 1, 0, 1, 0, 1]
+    # Same instance, different w0 draws: different paths, same problem.
+    assert not np.array_equal(h["adjoint_residual"][0], h["adjoint_residual"][1])
+    assert h["optimum"][0] == h["optimum"][1]
 
 
 def test_diverging_runs_exit_1_and_keep_finite_results(tmp_path, capsys):
@@ -102,9 +129,9 @@ def test_diverging_runs_exit_1_and_keep_finite_results(tmp_path, capsys):
     assert "diverged: run 0" in text
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["diverged"]) == 3
-    with np.load(out / "history.npz") as h:
-        assert (h["diverged_at"] >= 0).all()
-        assert np.isfinite(h["x"]).all()  # the last finite iterates are kept
+    h = load_history(str(out))
+    assert (h["diverged_at"] >= 0).all()
+    assert np.isfinite(h["x"]).all()  # the last finite iterates are kept
 
 
 BAD = [
@@ -191,8 +218,8 @@ def test_every_problem_kind_runs_from_the_command_line(tmp_path, algorithm, suit
     assert run_cli(*args) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["diverged"] == []
-    with np.load(out / "history.npz") as h:
-        assert np.isfinite(h["exact_f"]).all() and h["exact_f"].shape == (2, 3)
+    h = load_history(str(out))
+    assert np.isfinite(h["exact_f"]).all() and h["exact_f"].shape == (2, 3)
 
 
 def test_list_and_version(capsys):
@@ -262,9 +289,9 @@ def test_sigkill_at_random_points_then_resume_equals_uninterrupted(tmp_path):
     final = _cli(*args, env=env)
     _, err = final.communicate(timeout=300)
     assert final.returncode == 0, err.decode()
-    with np.load(out / "history.npz") as a, np.load(reference / "history.npz") as b:
-        assert sorted(a.files) == sorted(b.files)
-        for name in a.files:
-            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    a, b = load_history(str(out)), load_history(str(reference))
+    assert sorted(a) == sorted(b)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["resumed_from"] > 0

@@ -113,11 +113,12 @@ def test_cli_distributed_run_equals_single_process(tmp_path):
         ],
         env,
     )  # fmt: skip
-    with np.load(tmp_path / "one" / "history.npz") as a:
-        with np.load(tmp_path / "two" / "history.npz") as b:
-            assert sorted(a) == sorted(b)
-            for key in a:
-                np.testing.assert_allclose(b[key], a[key], rtol=1e-12, atol=1e-12)
+    from bilevel_rl.experiment import load_history
+
+    a, b = load_history(str(tmp_path / "one")), load_history(str(tmp_path / "two"))
+    assert sorted(a) == sorted(b)
+    for key in a:
+        np.testing.assert_allclose(b[key], a[key], rtol=1e-12, atol=1e-12)
     assert (tmp_path / "two" / "checkpoints").is_dir()
 
 

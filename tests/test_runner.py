@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bilevel_rl.algorithms import m_sobirl, stoc_sobirl
-from bilevel_rl.experiment import checkpoint, diverged_at, run
+from bilevel_rl.experiment import checkpoint, diverged_at, history, load_history, run
 from bilevel_rl.suites import shaping_problem, sobirl_synthetic
 
 SOLVER = m_sobirl.make(
@@ -169,6 +169,104 @@ def test_diverging_instance_is_masked_and_the_others_keep_going():
         np.testing.assert_array_equal(hist[name][[0, 2, 3]], clean[name][[0, 2, 3]])
 
 
+def test_checkpoints_hold_the_state_not_the_history(tmp_path):
+    """A checkpoint stays <= 2x the solver state however long the run (the history
+    is in append-only segment files beside it)."""
+    keys = jax.random.split(jax.random.key(3), 64)
+    problems = jax.vmap(lambda k: sobirl_synthetic(k, dim=20))(keys)
+    folder = str(tmp_path / "ckpt")
+    state, _ = run(
+        SOLVER, problems, keys, 40, checkpoint_dir=folder, checkpoint_every=4
+    )
+    state_bytes = sum(
+        (jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+         else x).nbytes
+        for x in jax.tree.leaves(state)
+    )  # fmt: skip
+    sizes = [os.path.getsize(p) for p in checkpoint.list_checkpoints(folder)]
+    assert len(sizes) == 2 and max(sizes) <= 2 * state_bytes, (sizes, state_bytes)
+    assert [s[:2] for s in history.segments(os.path.join(folder, "history"))] == [
+        (k, k + 3) for k in range(0, 40, 4)
+    ]
+
+
+def test_history_folder_thinned_with_exact_statistics_and_divergence(tmp_path):
+    # Instance 1 diverges (see below); per-run values every 5th iteration only.
+    data = PROBLEMS.data.replace(M=PROBLEMS.data.M.at[1].multiply(1e150))
+    problems = PROBLEMS.replace(data=data)
+    _, full = run(SOLVER, problems, KEYS, ITERS)
+    folder = str(tmp_path / "hist")
+    seen = []
+    _, small = run(
+        SOLVER, problems, KEYS, ITERS, segment_length=4, record_every=5,
+        history_dir=folder, callback=seen.append,
+    )  # fmt: skip
+    assert sorted(os.listdir(folder)) == [
+        "segment-000000000-000000003.npz",
+        "segment-000000004-000000007.npz",
+        "segment-000000008-000000011.npz",
+    ]
+    assert seen[0].history["grad_norm"].shape == (4, 0)  # iterations 0-3: none
+    loaded = load_history(folder)
+    assert list(loaded["iterations"]) == [4, 9, 11]  # every 5th and the last
+    for name in full:
+        np.testing.assert_array_equal(loaded[name], full[name][:, [4, 9, 11]])
+    # diverged_at is exact although the iteration it names is not recorded.
+    where = diverged_at(full)
+    assert where[1] >= 0 and where[1] not in (4, 9, 11)
+    np.testing.assert_array_equal(loaded["diverged_at"], where)
+    np.testing.assert_array_equal(diverged_at(small), where)
+    # Statistics at every iteration over the runs still finite there.
+    finite = full["finite"]
+    for name in ("grad_norm", "f", "adjoint_residual"):
+        values = np.where(finite, full[name], np.nan)
+        for stat, fn in (("p10", lambda v: np.nanpercentile(v, 10, axis=0)),
+                         ("p50", lambda v: np.nanmedian(v, axis=0)),
+                         ("p90", lambda v: np.nanpercentile(v, 90, axis=0)),
+                         ("min", lambda v: np.nanmin(v, axis=0)),
+                         ("max", lambda v: np.nanmax(v, axis=0))):  # fmt: skip
+            np.testing.assert_allclose(
+                small[f"{name}.{stat}"], fn(values), rtol=1e-15, err_msg=name
+            )
+        np.testing.assert_array_equal(
+            small[f"{name}.nonfinite"], (~np.isfinite(full[name])).sum(axis=0)
+        )
+    np.testing.assert_array_equal(small["finite.nonfinite"], (~finite).sum(axis=0))
+    # In memory, the same thinning.
+    _, thinned = run(SOLVER, problems, KEYS, ITERS, record_every=5)
+    np.testing.assert_array_equal(thinned["grad_norm"], loaded["grad_norm"])
+    np.testing.assert_array_equal(thinned["diverged_at"], where)
+
+
+def test_resume_rewrites_the_history_past_the_checkpoint(tmp_path):
+    folder, hist = str(tmp_path / "ckpt"), str(tmp_path / "hist")
+    kwargs = dict(
+        segment_length=2, record_every=3, history_dir=hist, checkpoint_dir=folder
+    )
+    run(SOLVER, PROBLEMS, KEYS, ITERS, checkpoint_every=8, **kwargs)
+    reference = load_history(hist)
+    # As if killed before the final checkpoint: the segments past the one at 8
+    # are on disk, and a half-written one; the resumed run replaces them.
+    os.remove(checkpoint.list_checkpoints(folder)[-1])
+    assert history.segments(hist)[-1][:2] == (10, 11)
+    with open(os.path.join(hist, ".segment-000000010-000000011.npz.tmp"), "wb") as fh:
+        fh.write(b"partial")
+    seen = []
+    run(SOLVER, PROBLEMS, KEYS, ITERS, callback=seen.append, **kwargs)
+    assert seen[0].resumed_from == 8
+    again = load_history(hist)
+    assert sorted(again) == sorted(reference)
+    for name in reference:
+        np.testing.assert_array_equal(again[name], reference[name], err_msg=name)
+    assert not [n for n in os.listdir(hist) if n.endswith(".tmp")]
+    # Another record_every, or a lost segment, cannot resume.
+    with pytest.raises(checkpoint.CheckpointError, match="recorded every 3"):
+        run(SOLVER, PROBLEMS, KEYS, ITERS, checkpoint_dir=folder, history_dir=hist)
+    os.remove(history.segments(hist)[1][2])
+    with pytest.raises(checkpoint.CheckpointError, match="do not cover"):
+        run(SOLVER, PROBLEMS, KEYS, ITERS, **kwargs)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -177,6 +275,7 @@ def test_diverging_instance_is_masked_and_the_others_keep_going():
         (dict(checkpoint_every=-1), "checkpoint_every: must be finite and > 0"),
         (dict(checkpoint_seconds=float("nan")), "checkpoint_seconds: must be finite"),
         (dict(chunk_size=0), "chunk_size: must be finite and > 0"),
+        (dict(record_every=0), "record_every: must be finite and > 0"),
         (
             dict(key=jax.random.split(jax.random.key(0), 3)),
             "key: expected one key or 4",

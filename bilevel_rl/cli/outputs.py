@@ -1,18 +1,28 @@
 """What ``bilevel-rl run`` leaves in its output folder.
 
 * ``config.toml`` — the resolved configuration (``--resume`` reads it back);
-* ``checkpoints/`` — the newest checkpoints (:mod:`bilevel_rl.experiment.checkpoint`);
-* ``history.npz`` — every metric as ``[runs, iterations]``, the final leader
-  variable (``x`` or ``x/<path>``, ``[runs, ...]``), ``instance`` and ``seed_index``
-  (``[runs]``: which problem instance and which algorithm seed each run is),
-  ``optimum`` (``[runs]``, NaN when unknown) and ``diverged_at`` (``[runs]``, -1 if
-  the run stayed finite);
+* ``checkpoints/`` — the two newest checkpoints: solver state, keys, finite flags
+  and the iteration reached, no history (:mod:`bilevel_rl.experiment.checkpoint`);
+* ``history/`` — the history, written as the run goes, one file per compiled
+  segment of ``log_every`` iterations (:mod:`bilevel_rl.experiment.history`):
+  ``segment-<first>-<last>.npz`` holds every metric per run at the recorded
+  iterations (``[runs, R]``: every ``record_every``-th and the last; ``iterations``
+  names them), the batch statistics of every metric at *every* iteration
+  (``<metric>.p10``, ``.p50``, ``.p90``, ``.min``, ``.max`` over the runs still
+  finite, ``.nonfinite`` counts) and ``diverged_at`` (``[runs]``, exact, -1 if the
+  run stayed finite); ``runs.npz`` holds the final leader variable (``x`` or
+  ``x/<path>``, ``[runs, ...]``), ``instance`` and ``seed_index`` (``[runs]``: which
+  problem instance and which algorithm seed each run is) and ``optimum``
+  (``[runs]``, NaN when unknown). ``bilevel_rl.experiment.load_history(OUT)``
+  returns all of it as one dict of arrays (what ``history.npz`` held before, plus
+  the statistics and ``iterations``);
 * ``metrics.json`` — the summary: per metric, the median, 10% and 90% quantiles,
   min and max of the final value over the runs that stayed finite, the diverged
-  runs, timings and versions;
+  runs, ``record_every``, timings and versions;
 * ``convergence.png`` — ‖ĝ_k‖, the exact ‖∇φ(x_k)‖ (when tracked) and f (or the
-  gap |f(x_k, π*) − f*| when the optimum is known) against k: median over the
-  finite runs with a 10–90% band.
+  gap f(x_k, π*) − f* when every run has the same known optimum) against k: median
+  and 10–90% band over the runs still finite at k, at every iteration (the batch
+  statistics; no per-run data needed).
 """
 
 from __future__ import annotations
@@ -23,9 +33,10 @@ import platform
 
 import numpy as np
 
-from bilevel_rl.experiment import diverged_at
+from bilevel_rl.experiment.history import load_final
 
-QUANTILES = {"median": 50, "p10": 10, "p90": 90}
+QUANTILES = {"median": "p50", "p10": "p10", "p90": "p90"}
+"""metrics.json's name of each quantile -> the history's statistic."""
 
 
 def write_atomic(path: str, text: str) -> None:
@@ -37,11 +48,12 @@ def write_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def history_arrays(cfg, problems, state, history) -> dict[str, np.ndarray]:
-    """The arrays of ``history.npz``."""
+def runs_arrays(cfg, problems, state) -> dict[str, np.ndarray]:
+    """The arrays of ``history/runs.npz``: per run, the final leader variable,
+    which instance and seed it is, and the known optimum."""
     import jax
 
-    arrays = {name: np.asarray(v) for name, v in history.items()}
+    arrays = {}
     x = getattr(state, "x", None)
     if x is not None:
         leaves = jax.tree.leaves_with_path(x)
@@ -52,28 +64,35 @@ def history_arrays(cfg, problems, state, history) -> dict[str, np.ndarray]:
     arrays["instance"] = runs // cfg.seeds
     arrays["seed_index"] = runs % cfg.seeds
     arrays["optimum"] = np.asarray(problems.optimum, np.float64)
-    arrays["diverged_at"] = diverged_at(history)
     return arrays
 
 
-def summary(cfg, arrays: dict[str, np.ndarray], timing: dict) -> dict:
-    """``metrics.json``: final-value statistics over the finite runs, timings."""
+def metric_names(stats: dict[str, np.ndarray]) -> list[str]:
+    """The metrics of a history (those with batch statistics), ``finite`` aside."""
+    return [k[: -len(".p50")] for k in stats if k.endswith(".p50")]
+
+
+def summary(cfg, stats, runs, final, timing: dict) -> dict:
+    """``metrics.json``: final-value statistics over the finite runs, timings.
+
+    ``stats``: the history's batch statistics (:func:`load_history` with
+    ``per_run=False``); their last entries are the final values' statistics over
+    the runs still finite at the end, i.e. those that stayed finite. ``runs``: the
+    arrays of ``runs.npz``; ``final``: the per-run final values
+    (:func:`bilevel_rl.experiment.history.load_final`).
+    """
     import jax
 
-    where = arrays["diverged_at"]
+    where = stats["diverged_at"]
     ok = where < 0
-    final = {}
-    for name, values in arrays.items():
-        if values.ndim != 2 or name == "finite":
-            continue
-        last = values[ok, -1].astype(np.float64)
-        final[name] = (
-            {k: float(np.percentile(last, q)) for k, q in QUANTILES.items()}
-            | {"min": float(last.min()), "max": float(last.max())}
-            if last.size
+    report_final = {}
+    for name in metric_names(stats):
+        report_final[name] = (
+            {k: float(stats[f"{name}.{q}"][-1]) for k, q in QUANTILES.items()}
+            | {s: float(stats[f"{name}.{s}"][-1]) for s in ("min", "max")}
+            if ok.any()
             else None
         )
-    runs = np.flatnonzero(~ok)
     report = {
         "algorithm": cfg.algorithm,
         "suite": cfg.suite,
@@ -82,16 +101,17 @@ def summary(cfg, arrays: dict[str, np.ndarray], timing: dict) -> dict:
         "seeds": cfg.seeds,
         "iterations": cfg.iterations,
         "dtype": cfg.dtype,
-        "final": final,
+        "record_every": cfg.recording,
+        "final": report_final,
         "finite_runs": int(ok.sum()),
         "diverged": [
             {
                 "run": int(r),
-                "instance": int(arrays["instance"][r]),
-                "seed_index": int(arrays["seed_index"][r]),
+                "instance": int(runs["instance"][r]),
+                "seed_index": int(runs["seed_index"][r]),
                 "iteration": int(where[r]),
             }
-            for r in runs
+            for r in np.flatnonzero(~ok)
         ],
         **timing,
         "backend": jax.default_backend(),
@@ -99,49 +119,53 @@ def summary(cfg, arrays: dict[str, np.ndarray], timing: dict) -> dict:
         "jax_version": jax.__version__,
         "python": platform.python_version(),
     }
-    if "exact_f" in arrays and np.isfinite(arrays["optimum"]).any():
-        gap = np.abs(arrays["exact_f"][ok, -1] - arrays["optimum"][ok])
+    if "exact_f" in final and np.isfinite(runs["optimum"]).any():
+        gap = np.abs(final["exact_f"][ok] - runs["optimum"][ok])
         if gap.size:
             report["optimum_gap_max"] = float(gap.max())
     return report
 
 
-def plot(arrays: dict[str, np.ndarray], path: str, title: str) -> None:
-    """``convergence.png``: median and 10–90% band over the runs, each up to the
-    iteration where it diverged (if it did)."""
+def plot(stats: dict[str, np.ndarray], optimum, path: str, title: str) -> None:
+    """``convergence.png`` from the batch statistics at every iteration: median
+    and 10–90% band over the runs still finite at each iteration."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    finite = arrays["finite"].astype(bool)
     panels = [
         ("grad_norm", "‖ĝ_k‖ (the algorithm's estimate)", True),
         ("exact_grad_norm", "exact ‖∇φ(x_k)‖", True),
         ("f", "f(x_k, π_k)", False),
     ]
-    panels = [p for p in panels if p[0] in arrays]
-    if "exact_f" in arrays and np.isfinite(arrays["optimum"]).all():
-        # A known optimum: show the gap f(x_k, π*_{x_k}) − f* on a log scale.
-        arrays = {**arrays, "gap": arrays["exact_f"] - arrays["optimum"][:, None]}
-        panels[-1] = ("gap", "f(x_k, π*_{x_k}) − f*", True)
+    panels = [p for p in panels if f"{p[0]}.p50" in stats]
+    shift = 0.0
+    optimum = np.asarray(optimum, np.float64)
+    if "exact_f.p50" in stats and np.isfinite(optimum).all() and np.ptp(optimum) == 0:
+        # One known optimum: the quantiles of f(x_k, π*_{x_k}) − f* are those of
+        # exact f shifted; show the gap on a log scale.
+        shift = float(optimum.flat[0])
+        panels[-1] = ("exact_f", "f(x_k, π*_{x_k}) − f*", True)
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
+    alive = stats["finite.nonfinite"] < len(stats["diverged_at"].reshape(-1))
+    k = np.arange(len(alive))
     for ax, (name, label, log) in zip(np.atleast_1d(axes), panels, strict=True):
-        values = np.where(finite, arrays[name].astype(np.float64), np.nan)
+        band = [stats[f"{name}.{q}"].astype(np.float64) for q in ("p10", "p50", "p90")]
+        if name == "exact_f":
+            band = [b - shift for b in band]
         if log:
-            values = np.maximum(np.abs(values), np.finfo(np.float64).tiny)
-        k = np.arange(values.shape[-1])
-        alive = finite.any(axis=0)
+            band = [np.maximum(np.abs(b), np.finfo(np.float64).tiny) for b in band]
+        lo, mid, hi = band
         if alive.any():
-            lo, mid, hi = np.nanpercentile(values[:, alive], [10, 50, 90], axis=0)
-            ax.fill_between(k[alive], lo, hi, alpha=0.3, label="10–90%")
-            ax.plot(k[alive], mid, label="median")
+            ax.fill_between(k[alive], lo[alive], hi[alive], alpha=0.3, label="10–90%")
+            ax.plot(k[alive], mid[alive], label="median")
         ax.set_xlabel("iteration k")
         ax.set_title(label, fontsize=10)
         if log:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-    if finite.any():
+    if alive.any():
         np.atleast_1d(axes)[0].legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -149,14 +173,20 @@ def plot(arrays: dict[str, np.ndarray], path: str, title: str) -> None:
     plt.close(fig)
 
 
-def write(folder: str, cfg, problems, state, history, timing: dict) -> dict:
-    """Writes ``history.npz``, ``metrics.json`` and ``convergence.png``."""
-    arrays = history_arrays(cfg, problems, state, history)
-    tmp = os.path.join(folder, "history.tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, os.path.join(folder, "history.npz"))
-    report = summary(cfg, arrays, timing)
+def write(folder: str, cfg, problems, state, stats, timing: dict) -> dict:
+    """Writes ``history/runs.npz``, ``metrics.json`` and ``convergence.png``.
+
+    ``stats``: what :func:`bilevel_rl.experiment.run` returned with
+    ``history_dir=folder/history`` (the batch statistics and ``diverged_at``).
+    """
+    history_dir = os.path.join(folder, "history")
+    runs = runs_arrays(cfg, problems, state)
+    tmp = os.path.join(history_dir, ".runs.npz.tmp")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **runs)
+    os.replace(tmp, os.path.join(history_dir, "runs.npz"))
+    report = summary(cfg, stats, runs, load_final(history_dir), timing)
     write_atomic(os.path.join(folder, "metrics.json"), json.dumps(report, indent=2))
     title = f"{cfg.algorithm} on {cfg.suite}: {cfg.num_runs} runs, {cfg.dtype}"
-    plot(arrays, os.path.join(folder, "convergence.png"), title)
+    plot(stats, runs["optimum"], os.path.join(folder, "convergence.png"), title)
     return report

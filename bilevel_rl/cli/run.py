@@ -263,7 +263,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if cfg.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
-    import numpy as np
 
     from bilevel_rl.cli import outputs
     from bilevel_rl.experiment import run
@@ -285,13 +284,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
             reporter.message(f"compiled in {p.compile_s:.2f} s{start}")
         done_here = p.iteration - p.resumed_from
-        grad = p.history["grad_norm"][..., -1]
-        finite = np.isfinite(grad)
         last["progress"] = p
         reporter.update(
             p.iteration,
             it_per_s=f"{done_here / max(p.run_s, 1e-9):.1f}",
-            median_grad=f"{np.median(grad[finite]):.3e}" if finite.any() else "nan",
+            median_grad=f"{p.history['grad_norm.p50'][-1]:.3e}",
         )
 
     problems, keys = build_problems(cfg)
@@ -303,6 +300,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg.iterations,
         chunk_size=cfg.chunk_size or None,
         segment_length=cfg.log_every,
+        record_every=cfg.recording,
+        history_dir=os.path.join(folder, "history"),
         checkpoint_dir=os.path.join(folder, "checkpoints"),
         checkpoint_every=cfg.checkpoint_every,
         checkpoint_seconds=cfg.checkpoint_seconds,
@@ -321,7 +320,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "resumed_from": p.resumed_from if p else cfg.iterations,
     }
     if not primary:
-        return 1 if (np.asarray(history["finite"]) == 0).any() else 0
+        return 1 if (history["diverged_at"] >= 0).any() else 0
     report = outputs.write(folder, cfg, problems, state, history, timing)
     _print_summary(report, folder)
     return 1 if report["diverged"] else 0

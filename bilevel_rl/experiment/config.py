@@ -135,6 +135,10 @@ def _key(default, help: str, *, nonnegative: bool = False):
 HISTORY_BYTES_PER_ITERATION = 16 * 8
 """Bound on the history one run records per iteration (<= 16 float64 metrics)."""
 
+HISTORY_BUDGET = 4_000_000
+"""``record_every = 0`` records at most about this many run-iterations per-run
+(``runs * iterations / record_every``; ~250 MB on disk for 8 float64 metrics)."""
+
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
@@ -154,6 +158,13 @@ class RunConfig:
         0, "instances per cache chunk; 0 = from the L2 size", nonnegative=True
     )
     log_every: int = _key(100, "iterations per compiled segment (one progress update)")
+    record_every: int = _key(
+        0,
+        "record per-run metrics every n-th iteration (batch statistics: every "
+        "one); 0 = automatic: every one while runs x iterations <= 4e6, else the "
+        "smallest divisor or multiple of log_every that keeps under that",
+        nonnegative=True,
+    )
     checkpoint_every: int = _key(500, "iterations between checkpoints (whole segments)")
     checkpoint_seconds: float = _key(60.0, "also checkpoint after this many seconds")
     algorithm_params: dict = dataclasses.field(default_factory=dict)
@@ -162,6 +173,19 @@ class RunConfig:
     @property
     def num_runs(self) -> int:
         return self.batch * self.seeds
+
+    @property
+    def recording(self) -> int:
+        """The ``record_every`` the run uses (``record_every = 0`` resolved)."""
+        if self.record_every:
+            return self.record_every
+        need = -(-self.num_runs * self.iterations // HISTORY_BUDGET)
+        if need <= 1:
+            return 1
+        segment = self.log_every
+        if need > segment:  # whole segments: one compiled segment program
+            return -(-need // segment) * segment
+        return next(d for d in range(need, segment + 1) if segment % d == 0)
 
 
 RUN_KEYS: tuple[dataclasses.Field, ...] = tuple(
@@ -421,18 +445,19 @@ def _check_suite(cfg: RunConfig):
 
 
 def _check_memory(cfg: RunConfig, instance) -> None:
-    """Refuses a batch whose problems and history would not fit in memory."""
+    """Refuses a batch whose problems and one segment of history (the rest goes to
+    disk as the run goes) would not fit in memory."""
     import jax
 
     per_run = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(instance))
-    per_run += cfg.iterations * HISTORY_BYTES_PER_ITERATION
+    per_run += min(cfg.log_every, cfg.iterations) * HISTORY_BYTES_PER_ITERATION
     need = cfg.num_runs * per_run
     limit = MEMORY_FRACTION * physical_memory()
     if need > limit:
         raise ConfigError(
             f"batch: {cfg.num_runs} runs x {cfg.iterations} iterations need "
-            f"{need / 2**30:.3g} GiB for the problems and the history, more than "
-            f"{limit / 2**30:.3g} GiB (half this machine's memory)"
+            f"{need / 2**30:.3g} GiB for the problems and a segment of history, "
+            f"more than {limit / 2**30:.3g} GiB (half this machine's memory)"
         )
 
 
