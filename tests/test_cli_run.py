@@ -89,6 +89,18 @@ def test_large_batches_record_thinned_histories(tmp_path):
     assert load_config(str(out / "config.toml")).recording == 4
 
 
+def test_default_run_prints_no_warnings(tmp_path):
+    """The main job's path (float64 config validated before JAX runs in 64 bits)
+    with every warning an error."""
+    proc = subprocess.run(
+        [sys.executable, "-W", "error", "-m", "bilevel_rl.cli", "run", "--batch",
+         "2", "--iterations", "3", "--out", str(tmp_path / "o")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "Warning" not in proc.stderr and "Warning" not in proc.stdout
+
+
 def test_config_example_round_trips_and_options_override_it(tmp_path, tiny_run):
     path = tmp_path / "run.toml"
     assert main(["config", "--example", "--out", str(path)]) == 0

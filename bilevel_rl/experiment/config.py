@@ -430,16 +430,20 @@ def _check_params(table: str, values: Any, entry: Suite) -> dict[str, Any]:
 
 def _check_suite(cfg: RunConfig):
     """Traces one instance (no compute) for the generator's own checks; returns
-    its abstract ``BilevelProblem`` (shapes and dtypes)."""
+    its abstract ``BilevelProblem`` (shapes and dtypes). float64 is traced with
+    64-bit types enabled (in this call only): without them JAX would warn and
+    truncate the dtype to float32."""
     import jax
     import jax.numpy as jnp
 
     generator = SUITES[cfg.suite].build
-    dtype = jnp.dtype(cfg.dtype)
     try:
-        return jax.eval_shape(
-            lambda k: generator(k, **cfg.suite_params, dtype=dtype), jax.random.key(0)
-        )
+        with jax.enable_x64(cfg.dtype == "float64" or jax.config.jax_enable_x64):
+            dtype = jnp.dtype(cfg.dtype)
+            return jax.eval_shape(
+                lambda k: generator(k, **cfg.suite_params, dtype=dtype),
+                jax.random.key(0),
+            )
     except (TypeError, ValueError) as err:
         raise ConfigError(f"suite_params.{err}") from None
 
