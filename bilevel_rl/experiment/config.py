@@ -20,6 +20,7 @@ options are the keyword arguments of its generator whose defaults are scalars.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import math
 import tomllib
@@ -323,6 +324,10 @@ def build_solver(cfg: RunConfig):
     return ALGORITHMS[cfg.algorithm].make(**fields)
 
 
+GENERATE_BLOCK = 1024
+"""Instances generated per compiled call by :func:`build_problems`."""
+
+
 def build_problems(cfg: RunConfig):
     """``(problems, keys)``: ``batch * seeds`` runs, instance-major.
 
@@ -340,7 +345,26 @@ def build_problems(cfg: RunConfig):
     def generate(keys):
         return jax.vmap(lambda k: generator(k, **cfg.suite_params, dtype=dtype))(keys)
 
-    problems = generate(jax.random.split(k_inst, cfg.batch))
+    @functools.partial(jax.jit, donate_argnums=0)
+    def write(problems, block, start):
+        return jax.tree.map(
+            lambda a, b: jax.lax.dynamic_update_slice_in_dim(a, b, start, axis=0),
+            problems,
+            block,
+        )
+
+    # GENERATE_BLOCK instances at a time, each block written in place into the
+    # batch: the generator's temporaries (several times the output) stay one
+    # block's, so the peak is the batch plus one block.
+    keys = jax.random.split(k_inst, cfg.batch)
+    problems = first = generate(keys[:GENERATE_BLOCK])
+    if cfg.batch > GENERATE_BLOCK:
+        problems = jax.tree.map(
+            lambda b: jnp.zeros((cfg.batch, *b.shape[1:]), b.dtype), first
+        )
+        for start in range(0, cfg.batch, GENERATE_BLOCK):
+            block = first if start == 0 else generate(keys[start:][:GENERATE_BLOCK])
+            problems = write(problems, block, start)
     if cfg.seeds > 1:
         problems = jax.tree.map(lambda a: jnp.repeat(a, cfg.seeds, axis=0), problems)
     return problems, jax.random.split(k_alg, cfg.num_runs)
