@@ -31,7 +31,7 @@ from bilevel_rl.devices import (
     replicate,
 )
 from bilevel_rl.mdp import TabularMDP
-from bilevel_rl.soft import SoftSolution, soft_value_iteration
+from bilevel_rl.soft import SoftSolution, select_method, soft_value_iteration
 from bilevel_rl.types import Array
 
 
@@ -52,13 +52,47 @@ def auto_chunk_size(mdp: TabularMDP, batch_size: int) -> int:
     return int(max(1, min(batch_size, (cache_bytes() // 2) // per_mdp)))
 
 
+def batch_method(
+    mdp: TabularMDP,
+    reward: Array,
+    *,
+    tol: float,
+    max_iters: int,
+    method: str = "auto",
+) -> str:
+    """The method :func:`solve_batch` uses: ``"auto"`` resolved once for the batch
+    by :func:`bilevel_rl.soft.select_method` from its size, largest ``gamma`` and
+    scale ``max |r| + tau log A``; an explicit method is checked and returned.
+
+    Args:
+        mdp: batched MDP, ``P: [B, S, A, S]`` (concrete arrays).
+        reward: ``[B, S, A]``.
+        tol: the solve's tolerance.
+        max_iters: the solve's cap.
+        method: ``"auto"`` or one of :data:`bilevel_rl.soft.METHODS`.
+    """
+    S, A = mdp.P.shape[-3:-1]
+    if method != "auto":
+        return select_method(S, A, mdp.P.dtype, method=method)
+    scale = float(jnp.max(jnp.abs(reward))) + float(jnp.max(mdp.tau)) * math.log(A)
+    return select_method(
+        S,
+        A,
+        mdp.P.dtype,
+        tol=tol,
+        max_iters=max_iters,
+        gamma=float(jnp.max(mdp.gamma)),
+        scale=scale,
+    )
+
+
 def solve_batch(
     mdp: TabularMDP,
     reward: Array,
     *,
     tol: float = 1e-8,
     max_iters: int = 10_000,
-    method: str = "value_iteration",
+    method: str = "auto",
     init: Array | None = None,
     chunk_size: int | None = None,
     memory_budget: int | None = None,
@@ -74,7 +108,9 @@ def solve_batch(
         reward: ``[B, S, A]`` rewards.
         tol: see :func:`bilevel_rl.soft_value_iteration`.
         max_iters: see :func:`bilevel_rl.soft_value_iteration`.
-        method: see :func:`bilevel_rl.soft_value_iteration`.
+        method: see :func:`bilevel_rl.soft_value_iteration`; ``"auto"`` is resolved
+            once for the batch (:func:`bilevel_rl.soft.select_method`, from the
+            largest ``gamma`` and ``|reward|`` of the batch).
         init: ``[B, S]`` warm starts, or ``None`` for zeros.
         chunk_size: MDPs per chunk; ``None`` picks :func:`auto_chunk_size`.
         memory_budget: bytes the batch's arrays (inputs and results) may occupy
@@ -117,6 +153,7 @@ def solve_batch(
     itemsize = mdp.P.dtype.itemsize
     per_mdp = (S * A * S + 3 * S * A + 3 * S + 8) * itemsize
     block = int(max(1, min(B, budget // per_mdp)))
+    method = batch_method(mdp, reward, tol=tol, max_iters=max_iters, method=method)
     args = (float(tol), int(max_iters), method)
     if block == B:
         mdp, reward, init = replicate((mdp, reward, init))

@@ -110,7 +110,7 @@ def hypergradient_and_solution(
     *,
     tol: float = DEFAULT_TOL,
     max_iters: int = DEFAULT_MAX_ITERS,
-    solver_method: str = "value_iteration",
+    solver_method: str = "auto",
     adjoint: str = "auto",
 ) -> tuple[Array, PyTree, SoftSolution]:
     """``(phi(x), grad phi(x), solution)`` by the closed form of docs/math.md §2.
@@ -164,7 +164,7 @@ def value_and_hypergradient(
     num_unrolled: int = DEFAULT_NUM_UNROLLED,
     tol: float = DEFAULT_TOL,
     max_iters: int = DEFAULT_MAX_ITERS,
-    solver_method: str = "value_iteration",
+    solver_method: str = "auto",
     adjoint: str = "auto",
 ) -> tuple[Array, PyTree]:
     """Upper value ``phi(x) = f(x, pi*_x)`` and its hyper-gradient ``grad phi(x)``.
@@ -221,7 +221,7 @@ def hypergradient(
     num_unrolled: int = DEFAULT_NUM_UNROLLED,
     tol: float = DEFAULT_TOL,
     max_iters: int = DEFAULT_MAX_ITERS,
-    solver_method: str = "value_iteration",
+    solver_method: str = "auto",
     adjoint: str = "auto",
 ) -> PyTree:
     """Hyper-gradient ``grad phi(x)`` of ``phi(x) = upper(x, pi*_x)``.
@@ -247,7 +247,8 @@ def hypergradient(
         num_unrolled: sweeps ``K`` of the unrolled method; static.
         tol: solver tolerance on ``||T(v) - v||_inf``; static.
         max_iters: cap on solver (and iterative-adjoint) iterations; static.
-        solver_method: ``"value_iteration"`` or ``"policy_iteration"``; static.
+        solver_method: ``"auto"``, ``"value_iteration"`` or ``"policy_iteration"``;
+            static.
         adjoint: ``"auto"``, ``"dense"`` or ``"iterative"`` adjoint solve
             (closed form and implicit); static.
 

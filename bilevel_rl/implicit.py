@@ -76,7 +76,7 @@ def check_solver_options(
     Args:
         tol: solver tolerance.
         max_iters: iteration cap.
-        method: forward solver, one of :data:`bilevel_rl.soft.METHODS`.
+        method: forward solver, ``"auto"`` or one of :data:`bilevel_rl.soft.METHODS`.
         adjoint: one of :data:`ADJOINTS`.
         method_name: the caller's name for ``method`` (used in the message).
 
@@ -84,8 +84,10 @@ def check_solver_options(
         ValueError: unknown ``method`` or ``adjoint``, negative ``tol`` or
             ``max_iters < 1``; the message names the argument.
     """
-    if method not in METHODS:
-        raise ValueError(f"{method_name}: must be one of {METHODS}, got {method!r}")
+    if method != "auto" and method not in METHODS:
+        raise ValueError(
+            f"{method_name}: must be 'auto' or one of {METHODS}, got {method!r}"
+        )
     if adjoint not in ADJOINTS:
         raise ValueError(f"adjoint: must be one of {ADJOINTS}, got {adjoint!r}")
     if not tol >= 0:
@@ -250,7 +252,7 @@ def soft_optimal_solution(
     *,
     tol: float = DEFAULT_TOL,
     max_iters: int = DEFAULT_MAX_ITERS,
-    method: str = "value_iteration",
+    method: str = "auto",
     adjoint: str = "auto",
 ) -> SoftSolution:
     """Soft-optimal solution, reverse-differentiable by implicit differentiation.
@@ -273,8 +275,9 @@ def soft_optimal_solution(
         tol: forward tolerance on ``||T(v) - v||_inf`` (and relative tolerance of
             the iterative adjoint); static.
         max_iters: cap on forward sweeps / rounds and on adjoint sweeps; static.
-        method: forward solver, ``"value_iteration"`` or ``"policy_iteration"``;
-            static.
+        method: forward solver, ``"auto"`` (see
+            :func:`bilevel_rl.soft.select_method`), ``"value_iteration"`` or
+            ``"policy_iteration"``; static.
         adjoint: ``"auto"``, ``"dense"`` or ``"iterative"`` (see
             :data:`DENSE_ADJOINT_MAX_STATES`); static.
 
@@ -302,7 +305,7 @@ def soft_optimal_policy(
     *,
     tol: float = DEFAULT_TOL,
     max_iters: int = DEFAULT_MAX_ITERS,
-    method: str = "value_iteration",
+    method: str = "auto",
     adjoint: str = "auto",
 ) -> Array:
     """``[S, A]`` soft-optimal policy ``pi*``, differentiable w.r.t. reward and mdp.

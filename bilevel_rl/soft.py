@@ -21,7 +21,7 @@ from bilevel_rl.mdp import TabularMDP
 from bilevel_rl.types import Array
 
 METHODS = ("value_iteration", "policy_iteration")
-"""Fixed-point solvers accepted by :func:`soft_value_iteration`."""
+"""Fixed-point solvers accepted by :func:`soft_value_iteration` (besides ``"auto"``)."""
 
 ROUNDOFF_FACTOR = 4.0
 """The stopping test never asks for less than ``ROUNDOFF_FACTOR * eps * ||v||_inf``.
@@ -43,6 +43,7 @@ class SoftSolution(NamedTuple):
             ``||v - V*||_inf <= residual / (1 - gamma)``.
         iterations: ``[]`` int32 number of sweeps (value iteration) or of
             evaluate/improve rounds (policy iteration) performed.
+        status: ``[]`` int32 index into :data:`STATUS`: which stopping test fired.
     """
 
     q: Array
@@ -50,6 +51,7 @@ class SoftSolution(NamedTuple):
     policy: Array
     residual: Array
     iterations: Array
+    status: Array
 
 
 # ------------------------------------------------------------------ the operators
@@ -155,10 +157,12 @@ def check_inputs(mdp: TabularMDP, **arrays: Array | None) -> None:
 def _policy_matrices(mdp: TabularMDP, reward: Array, policy: Array):
     """``P_pi[s, s']``, and the regularized one-step reward ``r_pi - tau h_pi``."""
     P_pi = jnp.einsum("sa,sat->st", policy, mdp.P)
-    log_ratio = jnp.log(jnp.where(policy > 0, policy, 1.0))
+    # 0 log(0/p0) = 0: entries with policy == 0 contribute nothing (also where the
+    # reference policy is 0, as softmax(q/tau + log pi0) is then 0 too).
+    support = policy > 0
+    log_ratio = jnp.log(jnp.where(support, policy, 1.0))
     if mdp.ref_policy is not None:
-        log_ratio = log_ratio - jnp.log(mdp.ref_policy)
-    # 0 log 0 = 0: entries with policy == 0 contribute nothing.
+        log_ratio = log_ratio - jnp.log(jnp.where(support, mdp.ref_policy, 1.0))
     bonus = jnp.sum(policy * (reward - mdp.tau * log_ratio), axis=-1)
     return P_pi, bonus
 
@@ -209,11 +213,33 @@ def occupancy_measure(mdp: TabularMDP, policy: Array) -> Array:
 
 # --------------------------------------------------------------------- the solvers
 
+STATUS = ("converged", "roundoff_floor", "max_iters", "non_finite")
+"""Why a solve stopped (``SoftSolution.status`` indexes this tuple):
 
-def _finish(mdp: TabularMDP, reward: Array, v: Array, iterations: Array):
-    q = soft_q(mdp, reward, v)
-    residual = jnp.max(jnp.abs(soft_max(mdp, q) - v))
-    return SoftSolution(q, v, soft_policy(mdp, q), residual, iterations)
+* ``"converged"``: the stopping quantity met ``tol``;
+* ``"roundoff_floor"``: it stopped at the dtype's round-off floor above ``tol``
+  (value iteration: the change met ``ROUNDOFF_FACTOR * eps * ||v||_inf``; policy
+  iteration: the residual met that floor, or stopped decreasing once below the
+  evaluation's floor ``ROUNDOFF_FACTOR * eps * ||v||_inf / (1 - gamma)``);
+* ``"max_iters"``: it ran out of sweeps / rounds;
+* ``"non_finite"``: an iterate was NaN or infinite.
+"""
+
+_RUNNING = -1
+
+
+def roundoff_floor(v: Array) -> Array:
+    """``ROUNDOFF_FACTOR * eps * ||v||_inf``: the smallest change or Bellman residual
+    that is not round-off in ``v``'s dtype (``[S] -> []``)."""
+    return ROUNDOFF_FACTOR * jnp.finfo(v.dtype).eps * jnp.max(jnp.abs(v))
+
+
+def _bellman_residual(mdp: TabularMDP, q: Array, v: Array) -> Array:
+    return jnp.max(jnp.abs(soft_max(mdp, q) - v))
+
+
+def _solution(mdp, q, v, residual, iterations, status) -> SoftSolution:
+    return SoftSolution(q, v, soft_policy(mdp, q), residual, iterations, status)
 
 
 def _prepare(mdp: TabularMDP, reward: Array, init: Array | None):
@@ -233,32 +259,37 @@ def soft_value_iteration(
     tol: float = 1e-8,
     max_iters: int = 10_000,
     init: Array | None = None,
-    method: str = "value_iteration",
+    method: str = "auto",
 ) -> SoftSolution:
     """Solves the soft Bellman equation to tolerance ``tol``.
 
-    Both methods reach the same fixed point ``V*``:
+    The methods reach the same fixed point ``V*``:
 
     * ``"value_iteration"``: ``v <- T(v)`` until ``||T(v) - v||_inf <= tol``;
       ``O(S^2 A)`` per sweep, linear rate ``gamma``.
     * ``"policy_iteration"``: soft policy iteration (exact evaluation by a dense
-      ``S x S`` solve, then ``pi <- softmax(q / tau)``); ``O(S^3)`` per round,
-      quadratic local rate, so a handful of rounds even for ``gamma`` near 1.
+      ``S x S`` solve, then ``pi <- softmax(q / tau)``) until the Bellman residual
+      ``||T(v) - v||_inf <= tol``; ``O(S^3)`` per round, quadratic local rate, so a
+      handful of rounds even for ``gamma`` near 1.
+    * ``"auto"`` (default): the one :func:`select_method` predicts to be faster
+      for these sizes, ``tol`` and dtype (a static choice: the same under ``jit``
+      and ``vmap``).
 
     The loop is a ``lax.while_loop``: it jits, and under ``jax.vmap`` every instance
-    of a batch stops on its own test (finished instances are frozen). The stopping
-    test uses ``max(tol, ROUNDOFF_FACTOR * eps * ||v||_inf)`` so that ``float32``
-    stops at its round-off floor instead of running to ``max_iters``. Not
-    reverse-differentiable (``while_loop``); see
+    of a batch stops on its own test (finished instances are frozen). Both methods
+    also stop at the dtype's round-off floor (:data:`STATUS`), so ``float32`` never
+    spins to ``max_iters`` on a ``tol`` it cannot reach; ``status`` says which test
+    fired. Not reverse-differentiable (``while_loop``); see
     :func:`soft_value_iteration_unrolled` for the unrolled solver.
 
     Args:
         mdp: a single MDP.
         reward: ``[S, A]`` reward.
-        tol: target sup-norm change between iterates.
+        tol: target sup-norm change between sweeps (value iteration) or Bellman
+            residual (policy iteration).
         max_iters: cap on sweeps / rounds.
         init: ``[S]`` warm start for ``v`` (zeros if ``None``).
-        method: one of :data:`METHODS`.
+        method: one of :data:`METHODS` or ``"auto"``.
 
     Returns:
         :class:`SoftSolution`; ``residual`` is the exact Bellman residual of ``v``.
@@ -266,51 +297,105 @@ def soft_value_iteration(
     Raises:
         ValueError: unknown ``method``, negative ``tol`` or ``max_iters < 1``.
     """
-    if method not in METHODS:
-        raise ValueError(f"method: must be one of {METHODS}, got {method!r}")
     if not isinstance(tol, jax.core.Tracer) and not tol >= 0:
         raise ValueError(f"tol: must be >= 0, got {tol!r}")
     if int(max_iters) < 1:
         raise ValueError(f"max_iters: must be >= 1, got {max_iters!r}")
     reward, v0 = _prepare(mdp, reward, init)
-    eps = jnp.finfo(v0.dtype).eps
-
+    method = select_method(
+        mdp.num_states,
+        mdp.num_actions,
+        v0.dtype,
+        tol=tol,
+        max_iters=max_iters,
+        method=method,
+    )
     if method == "value_iteration":
-        # The sweep T(v) in an [A, S] layout: the logsumexp then reduces over the
-        # leading axis (elementwise across S-vectors, SIMD-friendly) instead of a
-        # short minor axis. P is transposed once per solve, outside the loop; same
-        # fixed point (timed in benchmarks/soft_vi_throughput.py).
-        P_ast = jnp.swapaxes(mdp.P, 0, 1)  # [A, S, S]
-        reward_t = reward.T  # [A, S]
-        shift = 0.0 if mdp.ref_policy is None else jnp.log(mdp.ref_policy).T
+        return _value_iteration(mdp, reward, v0, tol, max_iters)
+    return _policy_iteration(mdp, reward, v0, tol, max_iters)
 
-        def step(v):
-            q_t = reward_t + mdp.gamma * jnp.einsum("ast,t->as", P_ast, v)
-            # The fused reduction, not logsumexp's contraction: in this rolled loop
-            # the contraction's extra kernel costs more than it saves (see
-            # logsumexp).
-            return mdp.tau * jax.nn.logsumexp(q_t / mdp.tau + shift, axis=0)
 
-    else:
+def _value_iteration(mdp, reward, v0, tol, max_iters) -> SoftSolution:
+    # The sweep T(v) in an [A, S] layout: the logsumexp then reduces over the
+    # leading axis (elementwise across S-vectors, SIMD-friendly) instead of a
+    # short minor axis. P is transposed once per solve, outside the loop; same
+    # fixed point (timed in benchmarks/soft_vi_throughput.py).
+    P_ast = jnp.swapaxes(mdp.P, 0, 1)  # [A, S, S]
+    reward_t = reward.T  # [A, S]
+    shift = 0.0 if mdp.ref_policy is None else jnp.log(mdp.ref_policy).T
 
-        def step(v):
-            policy = soft_policy(mdp, soft_q(mdp, reward, v))
-            return soft_policy_evaluation(mdp, reward, policy)[0]
+    def sweep(v):
+        q_t = reward_t + mdp.gamma * jnp.einsum("ast,t->as", P_ast, v)
+        # The fused reduction, not logsumexp's contraction: in this rolled loop
+        # the contraction's extra kernel costs more than it saves (see logsumexp).
+        return mdp.tau * jax.nn.logsumexp(q_t / mdp.tau + shift, axis=0)
 
     def cond(carry):
         v, change, it = carry
-        floor = ROUNDOFF_FACTOR * eps * jnp.max(jnp.abs(v))
         # NaN compares False, so a non-finite iterate also stops the loop.
-        return (change > jnp.maximum(tol, floor)) & (it < max_iters)
+        return (change > jnp.maximum(tol, roundoff_floor(v))) & (it < max_iters)
 
     def body(carry):
         v, _, it = carry
-        v_new = step(v)
+        v_new = sweep(v)
         return v_new, jnp.max(jnp.abs(v_new - v)), it + 1
 
-    init_carry = (v0, jnp.asarray(jnp.inf, v0.dtype), jnp.asarray(0, jnp.int32))
-    v, _, it = jax.lax.while_loop(cond, body, init_carry)
-    return _finish(mdp, reward, v, it)
+    init = (v0, jnp.asarray(jnp.inf, v0.dtype), jnp.asarray(0, jnp.int32))
+    v, change, it = jax.lax.while_loop(cond, body, init)
+    q = soft_q(mdp, reward, v)
+    status = jnp.select(
+        [change <= tol, change <= roundoff_floor(v), jnp.isfinite(change)],
+        [0, 1, 2],
+        3,
+    ).astype(jnp.int32)
+    return _solution(mdp, q, v, _bellman_residual(mdp, q, v), it, status)
+
+
+def _policy_iteration(mdp, reward, v0, tol, max_iters) -> SoftSolution:
+    # Invariant: (v, q, res) is the best iterate so far (smallest residual once
+    # the residual is below the evaluation's round-off floor). In exact arithmetic
+    # soft policy iteration is Newton's method: the residual falls quadratically
+    # near V*. In floating point the evaluation's solve is backward stable (residual
+    # ~ eps ||v||) but its error in v grows with cond(I - gamma P_pi) ~ 1/(1 - gamma),
+    # so once the residual is below that floor a round that does not lower it
+    # (the iterates only trade round-off) ends the solve.
+    one = jnp.asarray(1.0, v0.dtype)
+    eval_floor_factor = one / (one - mdp.gamma)
+
+    def status_of(res, v, stalled):
+        floor = roundoff_floor(v)
+        return jnp.select(
+            [res <= tol, (res <= floor) | stalled, ~jnp.isfinite(res)],
+            [0, 1, 3],
+            _RUNNING,
+        ).astype(jnp.int32)
+
+    def cond(carry):
+        return carry[-1] == _RUNNING
+
+    def body(carry):
+        v, q, res, it, _ = carry
+        v_new, q_new = soft_policy_evaluation(mdp, reward, soft_policy(mdp, q))
+        res_new = _bellman_residual(mdp, q_new, v_new)
+        stalled = ~(res_new < res) & (res <= roundoff_floor(v) * eval_floor_factor)
+        stalled = stalled & jnp.isfinite(res_new)
+        keep = stalled  # a stalled round leaves the best iterate in place
+        v, q, res = jax.tree.map(
+            lambda old, new: jnp.where(keep, old, new),
+            (v, q, res),
+            (v_new, q_new, res_new),
+        )
+        it = it + 1
+        status = status_of(res, v, stalled)
+        status = jnp.where((status == _RUNNING) & (it >= max_iters), 2, status)
+        return v, q, res, it, status
+
+    q0 = soft_q(mdp, reward, v0)
+    res0 = _bellman_residual(mdp, q0, v0)
+    zero = jnp.asarray(0, jnp.int32)
+    init = (v0, q0, res0, zero, status_of(res0, v0, jnp.asarray(False)))
+    v, q, res, it, status = jax.lax.while_loop(cond, body, init)
+    return _solution(mdp, q, v, res, it, status)
 
 
 def soft_value_iteration_unrolled(
@@ -337,7 +422,11 @@ def soft_value_iteration_unrolled(
         return soft_bellman_operator(mdp, reward, v), None
 
     v, _ = jax.lax.scan(body, v0, None, length=num_iters)
-    return _finish(mdp, reward, v, jnp.asarray(num_iters, jnp.int32))
+    q = soft_q(mdp, reward, v)
+    residual = _bellman_residual(mdp, q, v)
+    # Always num_iters sweeps: "max_iters" unless an iterate was not finite.
+    status = jnp.where(jnp.isfinite(residual), 2, 3).astype(jnp.int32)
+    return _solution(mdp, q, v, residual, jnp.asarray(num_iters, jnp.int32), status)
 
 
 def policy_mirror_descent_step(
@@ -372,3 +461,130 @@ def policy_mirror_descent_step(
     log_pi = jnp.log(jnp.where(policy > 0, policy, jnp.finfo(q.dtype).tiny))
     logits = keep * log_pi + (1.0 - keep) * _logits(mdp, q)
     return jax.nn.softmax(logits, axis=-1)
+
+
+# ------------------------------------------------------------ choosing the solver
+
+PI_ROUNDS = 4
+"""Rounds policy iteration is predicted to need (Newton's method: 2-4 on the grid of
+``benchmarks/time_to_solution.py``, for ``tau`` from 0.01 to 1)."""
+
+ASSUMED_GAMMA = 0.99
+"""The discount :func:`select_method` assumes when none is given (``gamma`` is an
+array of the MDP, unknown at trace time); pass ``method`` explicitly if you know
+better."""
+
+
+class SolverCost(NamedTuple):
+    """Time model of one backend (nanoseconds), fitted by
+    ``benchmarks/time_to_solution.py``.
+
+    Per MDP of a batch of ``B``, a value-iteration sweep costs
+    ``sweep_per_entry * S^2 A + sweep_fixed / B`` and a policy-iteration round
+    ``round_per_entry * S^2 A + round_per_cube * S^3 + round_fixed / B`` (forming
+    ``P_pi``, the dense ``S x S`` solve, the look-ahead); the fixed terms are the
+    per-call latency of one sweep / round (kernel launches, loop control), shared by
+    the batch. ``round_per_cube`` is given per itemsize (4 and 8 bytes).
+    """
+
+    sweep_per_entry: float
+    sweep_fixed: float
+    round_per_entry: float
+    round_per_cube: dict
+    round_fixed: float
+
+
+SOLVER_COSTS = {
+    "cpu": SolverCost(0.085, 250.0, 0.2, {4: 0.07, 8: 0.25}, 5000.0),
+    "gpu": SolverCost(0.085, 250.0, 0.2, {4: 0.07, 8: 0.25}, 5000.0),
+}
+""":class:`SolverCost` per ``jax.default_backend()`` (other backends use ``"gpu"``)."""
+
+
+def predicted_sweeps(gamma: float, tol: float, scale: float, dtype) -> int:
+    """Value-iteration sweeps from ``v = 0`` until the change meets ``tol`` (or the
+    round-off floor): ``log(tol_eff / scale) / log(gamma)`` with ``scale ~ ||T(0)||``,
+    since the constant component of the error decays exactly like ``gamma^k``."""
+    eps = float(np.finfo(dtype).eps)
+    target = max(float(tol), ROUNDOFF_FACTOR * eps * scale / (1.0 - gamma))
+    if target >= scale:
+        return 1
+    return int(np.ceil(np.log(target / scale) / np.log(gamma)))
+
+
+def predicted_times(
+    num_states: int,
+    num_actions: int,
+    gamma: float,
+    tol: float,
+    dtype,
+    *,
+    scale: float = 1.0,
+    max_iters: int = 10_000,
+    batch_size: int = 1,
+    backend: str | None = None,
+) -> dict[str, float]:
+    """Predicted seconds per MDP of each method in :data:`METHODS` (the cost model
+    of ``method="auto"``; :data:`SOLVER_COSTS`, :data:`PI_ROUNDS`)."""
+    backend = backend or jax.default_backend()
+    c = SOLVER_COSTS.get(backend, SOLVER_COSTS["gpu"])
+    S, A = num_states, num_actions
+    itemsize = np.dtype(dtype).itemsize
+    sweeps = min(predicted_sweeps(gamma, tol, scale, dtype), max_iters)
+    rounds = min(PI_ROUNDS, max_iters)
+    B = max(int(batch_size), 1)
+    sweep = c.sweep_per_entry * S * S * A + c.sweep_fixed / B
+    per_cube = c.round_per_cube.get(itemsize, max(c.round_per_cube.values()))
+    round_ = c.round_per_entry * S * S * A + per_cube * S**3 + c.round_fixed / B
+    return {
+        "value_iteration": 1e-9 * sweeps * sweep,
+        "policy_iteration": 1e-9 * rounds * round_,
+    }
+
+
+def select_method(
+    num_states: int,
+    num_actions: int,
+    dtype,
+    *,
+    tol: float = 1e-8,
+    max_iters: int = 10_000,
+    gamma: float = ASSUMED_GAMMA,
+    scale: float | None = None,
+    batch_size: int = 1,
+    method: str = "auto",
+) -> str:
+    """Resolves ``method="auto"`` to the method of :data:`METHODS` predicted faster.
+
+    A static choice by :func:`predicted_times` from the sizes, dtype, ``tol`` and
+    ``max_iters``, a discount ``gamma``, the scale ``||T(0)||_inf ~ max |r| +
+    tau log A`` (default ``1 + log A``) and the number of MDPs solved together.
+    :func:`soft_value_iteration` uses only static information (``gamma`` is an
+    array there, so :data:`ASSUMED_GAMMA`), so
+    its choice is the same with or without ``jit``/``vmap``;
+    :func:`bilevel_rl.solve_batch` passes the batch's largest ``gamma`` and reward.
+    An explicit method is checked and returned.
+
+    Returns:
+        One of :data:`METHODS`.
+
+    Raises:
+        ValueError: an unknown ``method``.
+    """
+    if method in METHODS:
+        return method
+    if method != "auto":
+        raise ValueError(f"method: must be 'auto' or one of {METHODS}, got {method!r}")
+    if scale is None:
+        scale = 1.0 + float(np.log(num_actions))
+    times = predicted_times(
+        num_states,
+        num_actions,
+        min(float(gamma), 1.0 - 1e-12),
+        0.0 if isinstance(tol, jax.core.Tracer) else float(tol),
+        dtype,
+        scale=scale,
+        max_iters=int(max_iters),
+        batch_size=batch_size,
+    )
+    return min(times, key=times.get)

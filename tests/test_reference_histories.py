@@ -124,9 +124,11 @@ CASES = {
         lambda: hpgd.make(optimizer=sgd(0.1), num_samples=4, horizon=20),
     ),
 }
-CHANGED = {("hpgd", "f")}
-"""Metrics whose definition changed on purpose (module docstring); compared to
-1e-9 instead."""
+CHANGED = {("hpgd", "f"), ("hpgd", "exact_f")}
+"""Metrics whose definition changed on purpose (module docstring), or that moved by
+round-off when the best response's stopping test changed (policy iteration now
+stops on the Bellman residual at the round-off floor; on HPGD's suite exact_f moved
+by 7e-12); compared to 1e-9 instead."""
 FIRST_ITERATION_ONLY = {"stoc_sobirl"}
 """Cases whose algorithm was corrected after the reference was recorded: STORM
 re-evaluated re-drawn trajectories at the previous point (a key re-draw); it now

@@ -13,7 +13,7 @@ from scipy.special import logsumexp as np_logsumexp
 
 import bilevel_rl as br
 from bilevel_rl.batched import solve_batch
-from bilevel_rl.soft import METHODS
+from bilevel_rl.soft import METHODS, STATUS
 
 
 def make_mdp(seed, S, A, gamma=0.9, tau=0.5, kl=False, dtype=np.float64):
@@ -187,7 +187,7 @@ def test_float32_stops_at_its_roundoff_floor():
 
 def test_argument_errors_name_the_argument():
     mdp, r = make_mdp(7, 3, 2)
-    with pytest.raises(ValueError, match="method: must be one of"):
+    with pytest.raises(ValueError, match="method: must be .auto. or one of"):
         br.soft_value_iteration(mdp, r, method="newton")
     with pytest.raises(ValueError, match="tol: must be >= 0"):
         br.soft_value_iteration(mdp, r, tol=-1.0)
@@ -260,8 +260,9 @@ def test_jit_and_vmap_match_unbatched(name, batch):
 
 def test_vmapped_solver_stops_each_instance_on_its_own(batch):
     pairs, mdps, rewards, _, _ = batch
-    out = jax.vmap(lambda m, r: br.soft_value_iteration(m, r, tol=1e-9))(mdps, rewards)
-    alone = [int(solve(m, r, tol=1e-9).iterations) for m, r in pairs]
+    vi = functools.partial(br.soft_value_iteration, tol=1e-9, method="value_iteration")
+    out = jax.vmap(vi)(mdps, rewards)
+    alone = [int(vi(m, r).iterations) for m, r in pairs]
     assert list(np.asarray(out.iterations)) == alone
     assert len(set(alone)) > 1  # gammas differ, so iteration counts differ
 
@@ -299,3 +300,80 @@ def test_solve_batch_memory_budget_blocks_equal_one_call():
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="memory_budget: must be >= 1 byte"):
         solve_batch(mdps, rewards, memory_budget=0)
+
+
+# --------------------------------------------------- stopping tests and method="auto"
+
+
+@pytest.fixture(scope="module")
+def hard_batch():
+    """Four S=200, A=8 MDPs at gamma=0.99 (evaluation condition number ~ 200)."""
+    pairs = [make_mdp(40 + i, 200, 8, gamma=0.99, tau=0.5) for i in range(4)]
+    return br.stack([m for m, _ in pairs]), jnp.stack([r for _, r in pairs])
+
+
+@pytest.mark.parametrize(
+    "dtype, tol", [(np.float32, 1e-6), (np.float64, 1e-10)], ids=["f32", "f64"]
+)
+def test_policy_iteration_terminates_at_tol_or_its_floor(hard_batch, dtype, tol):
+    mdps, rewards = hard_batch
+    reference = solve_batch(mdps, rewards, tol=1e-12, method="policy_iteration")
+    assert np.all(np.asarray(reference.status) == STATUS.index("converged"))
+    cast = jax.tree.map(lambda a: a.astype(dtype), (mdps, rewards))
+    sol = solve_batch(*cast, tol=tol, method="policy_iteration", max_iters=10_000)
+    assert sol.v.dtype == dtype
+    rounds, status = np.asarray(sol.iterations), np.asarray(sol.status)
+    assert np.all(rounds <= 50), rounds
+    v_inf = np.max(np.abs(np.asarray(sol.v, np.float64)), axis=-1)
+    floor = br.soft.ROUNDOFF_FACTOR * np.finfo(dtype).eps * v_inf / (1 - 0.99)
+    residual = np.asarray(sol.residual, np.float64)
+    if dtype == np.float64:
+        assert np.all(status == STATUS.index("converged")) and np.all(residual <= tol)
+    else:  # 1e-6 is below float32's round-off at ||v|| ~ 300: the floor fires
+        assert np.all(status == STATUS.index("roundoff_floor")), status
+        assert np.all((residual > tol) & (residual <= floor)), (residual, floor)
+    # The residual bounds the error: ||v - V*|| <= residual / (1 - gamma), plus
+    # the float32 rounding of the float64 problem itself.
+    error = np.max(np.abs(np.asarray(sol.v, np.float64) - reference.v), axis=-1)
+    assert np.all(error <= residual / (1 - 0.99) + 1e-4 * v_inf), (error, residual)
+
+
+def test_value_iteration_reports_which_test_fired():
+    mdp, r = make_mdp(6, 8, 4, gamma=0.9)
+    vi = functools.partial(solve, mdp, r, method="value_iteration")
+    assert int(vi(tol=1e-6).status) == STATUS.index("converged")
+    assert int(vi(tol=0.0).status) == STATUS.index("roundoff_floor")
+    assert int(vi(tol=1e-12, max_iters=3).status) == STATUS.index("max_iters")
+    pi = solve(mdp, r * np.nan, method="policy_iteration")
+    assert int(pi.status) == STATUS.index("non_finite")
+
+
+def test_auto_picks_the_method_the_cost_model_predicts_faster():
+    from bilevel_rl.soft import predicted_times, select_method
+
+    for args in [(200, 8, 0.5, 1e-3), (200, 8, 0.999, 1e-8), (16, 4, 0.9, 1e-6)]:
+        S, A, gamma, tol = args
+        times = predicted_times(S, A, gamma, tol, np.float64, scale=1.0)
+        chosen = select_method(S, A, np.float64, tol=tol, gamma=gamma, scale=1.0)
+        assert times[chosen] == min(times.values())
+    # A short horizon and a loose tolerance favour sweeps; a long one rounds.
+    assert select_method(200, 8, np.float64, tol=1e-2, gamma=0.3) == "value_iteration"
+    assert select_method(200, 8, np.float64, tol=1e-8, gamma=0.999) == (
+        "policy_iteration"
+    )
+    assert select_method(7, 3, np.float32, method="value_iteration") == (
+        "value_iteration"
+    )
+    mdp, r = make_mdp(6, 8, 4, gamma=0.9)
+    auto = solve(mdp, r, method="auto")
+    jitted = jax.jit(lambda m, x: br.soft_value_iteration(m, x, tol=1e-10))(mdp, r)
+    np.testing.assert_array_equal(auto.v, jitted.v)  # a static choice
+
+
+def test_policy_iteration_with_zeros_in_the_reference_policy():
+    mdp, r = make_mdp(3, 6, 4, gamma=0.9, kl=True)
+    ref = mdp.ref_policy.at[:, 0].set(0.0)
+    mdp = mdp.replace(ref_policy=ref / ref.sum(-1, keepdims=True))
+    vi, pi = (solve(mdp, r, method=m, tol=1e-12) for m in METHODS)
+    assert np.all(np.asarray(pi.policy[:, 0]) == 0.0)
+    np.testing.assert_allclose(pi.v, vi.v, atol=1e-10)

@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from bilevel_rl.algorithms.follower import BEST_RESPONSE_TOL
 from bilevel_rl.algorithms.params import build_optimizer, check_positive, from_kwargs
 from bilevel_rl.hypergrad import value_and_hypergradient
 from bilevel_rl.problem import BilevelProblem
@@ -189,11 +190,17 @@ def tree_norm(tree: PyTree) -> jax.Array:
 def exact_metrics(problem: BilevelProblem, x: PyTree) -> Metrics:
     """``exact_f = f(x, pi*_x)`` and ``exact_grad_norm = ‖∇φ(x)‖`` (docs/math.md §2).
 
-    One follower solve (soft policy iteration) and one closed-form adjoint
-    hyper-gradient of ``problem.upper``.
+    One follower solve (soft policy iteration to the round-off floor,
+    :data:`~bilevel_rl.algorithms.follower.BEST_RESPONSE_TOL`) and one closed-form
+    adjoint hyper-gradient of ``problem.upper``.
     """
     reward_fn, upper = problem.bind()
     f, grad = value_and_hypergradient(
-        upper, reward_fn, x, problem.mdp, solver_method="policy_iteration"
+        upper,
+        reward_fn,
+        x,
+        problem.mdp,
+        tol=BEST_RESPONSE_TOL,
+        solver_method="policy_iteration",
     )
     return {"exact_f": f, "exact_grad_norm": tree_norm(grad)}

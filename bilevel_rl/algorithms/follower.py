@@ -25,8 +25,10 @@ from bilevel_rl.soft import (
 )
 from bilevel_rl.types import Array, PRNGKey, PyTree
 
-BEST_RESPONSE_TOL = 1e-12
-"""Residual to which :func:`best_response` solves the follower's problem."""
+BEST_RESPONSE_TOL = 0.0
+"""Residual to which :func:`best_response` solves the follower's problem: 0, i.e. to
+the dtype's round-off floor (soft policy iteration's ``"roundoff_floor"`` stop,
+docs/math.md §1), in 2-4 rounds."""
 
 
 def initial_policy(mdp: TabularMDP) -> Array:

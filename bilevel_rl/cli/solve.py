@@ -23,6 +23,7 @@ from bilevel_rl.cli.common import (
     print_table,
 )
 from bilevel_rl.experiment.config import DTYPES
+from bilevel_rl.soft import METHODS, STATUS
 
 # ----------------------------------------------------------------------- suites
 
@@ -127,8 +128,9 @@ def add_parser(sub) -> None:
     solve.add_argument("--max-iters", type=positive_int, default=10_000)
     solve.add_argument(
         "--method",
-        choices=("value_iteration", "policy_iteration"),
-        default="value_iteration",
+        choices=("auto", *METHODS),
+        default="auto",
+        help="fixed-point solver; auto picks the one predicted faster",
     )
     solve.add_argument(
         "--chunk-size",
@@ -159,7 +161,7 @@ def cmd_solve(args: argparse.Namespace) -> int:
         jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp
 
-    from bilevel_rl.batched import auto_chunk_size, solve_batch
+    from bilevel_rl.batched import auto_chunk_size, batch_method, solve_batch
 
     registry = solve_suites()
     if args.list_suites:
@@ -231,10 +233,16 @@ def cmd_solve(args: argparse.Namespace) -> int:
         "tau": args.tau,
         "tol": args.tol,
         "method": args.method,
+        "method_used": batch_method(
+            mdp, reward, tol=args.tol, max_iters=args.max_iters, method=args.method
+        ),
         "chunk_size": int(chunk),
         "residual_max": float(sol.residual.max()),
         "residual_median": float(np.median(sol.residual)),
-        "converged_fraction": float(np.mean(iters < args.max_iters)),
+        "converged_fraction": float(np.mean(sol.status < STATUS.index("max_iters"))),
+        "status_counts": {
+            name: int(np.sum(sol.status == i)) for i, name in enumerate(STATUS)
+        },
         "iterations_min": int(iters.min()),
         "iterations_median": float(np.median(iters)),
         "iterations_max": int(iters.max()),
@@ -272,7 +280,7 @@ def _print_summary(report: dict, path: str) -> None:
             f"A={report['num_actions']}  {report['dtype']}",
         ),
         ("MDPs", report["batch"]),
-        ("method", report["method"]),
+        ("method", f"{report['method']} ({report['method_used']})"),
         (
             "residual max / median",
             f"{fmt(report['residual_max'])} / {fmt(report['residual_median'])}",
