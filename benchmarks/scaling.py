@@ -21,11 +21,17 @@ object on stdout. Children run one after the other with ``OPENBLAS_NUM_THREADS=1
 Timings are :func:`harness.timed` (compile time separately, then the median of the
 steady-state calls).
 
+``--main-job`` measures instead the resources of ``bilevel-rl run --batch N`` (wall
+time, peak RSS, bytes written, history and checkpoint sizes against the solver
+state; :mod:`_scaling.main_job`) and merges them into ``scaling.json`` under
+``main_job``, keeping the other keys.
+
 Usage::
 
     python benchmarks/scaling.py            # full run
     python benchmarks/scaling.py --quick    # smoke run
     python benchmarks/scaling.py --out /tmp/scaling   # writes /tmp/scaling.{json,png}
+    python benchmarks/scaling.py --main-job --batch 20000 --iterations 300
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import time
 from pathlib import Path
 
 import harness
+from _scaling import main_job
 from _scaling.child import DTYPE, GAMMA, GEN_BLOCK, SOLVE_MAX_ITERS, TAU, A, S, child
 from _scaling.plot import plot
 
@@ -264,10 +271,27 @@ def summary(result: dict) -> dict:
 def main(argv=None) -> dict:
     parser = harness.parser(__doc__)
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--main-job", action="store_true", help="measure bilevel-rl run --batch N"
+    )
+    parser.add_argument("--batch", type=int, default=20_000, help="with --main-job")
+    parser.add_argument(
+        "--iterations", type=int, help="with --main-job (default: the CLI's)"
+    )
+    parser.add_argument(
+        "--keep", metavar="DIR", help="with --main-job: keep the run's folder in DIR"
+    )
     args = parser.parse_args(argv)
     if args.child:
         harness.emit(child(json.loads(args.child)))
         return {}
+    if args.main_job:
+        rec = main_job.measure(args.batch, args.iterations, harness.log, args.keep)
+        prefix = harness.out_prefix(args.out, NAME)
+        path = prefix.parent / (prefix.name + ".json")
+        main_job.record(rec, path)
+        harness.log(f"merged into {path} (main_job)")
+        return rec
     cfg = QUICK if args.quick else FULL
     os.environ.setdefault("JAX_PLATFORMS", "cpu")  # inherited by the children
     bench = harness.Bench(NAME, args, argv, jax_devices=False)

@@ -42,3 +42,25 @@ def test_benchmark_quick_run_writes_its_result_files(name, tmp_path):
     result = json.loads(out.with_suffix(".json").read_text())
     assert result  # a non-empty record
     assert out.with_suffix(".png").stat().st_size > 1000
+
+
+@pytest.mark.slow  # about 10 s on 2 cores
+def test_scaling_main_job_merges_its_record(tmp_path):
+    """``scaling.py --main-job`` measures ``bilevel-rl run`` in a child process and
+    merges its record into the result file, keeping the other keys."""
+    out = tmp_path / "scaling"
+    out.with_suffix(".json").write_text('{"kept": 1}')
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+    env.pop("XLA_FLAGS", None)
+    script = str(ROOT / "benchmarks" / "scaling.py")
+    args = ["--main-job", "--batch", "4", "--iterations", "3", "--out", str(out)]
+    subprocess.run(
+        [sys.executable, script, *args],
+        check=True, env=env, timeout=600, capture_output=True, cwd=ROOT,
+    )  # fmt: skip
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert result["kept"] == 1
+    (run,) = result["main_job"]["runs"]
+    assert run["exit_status"] == 0 and run["peak_rss_bytes"] > 0
+    assert run["io"]["wchar"] >= run["history_bytes"] > 0
+    assert run["checkpoint_over_state"] <= 2
