@@ -61,7 +61,7 @@ def batch_method(
     method: str = "auto",
 ) -> str:
     """The method :func:`solve_batch` uses: ``"auto"`` resolved once for the batch
-    by :func:`bilevel_rl.soft.select_method` from its size, largest ``gamma`` and
+    by :func:`bilevel_rl.soft.select_method` from its sizes, largest ``gamma`` and
     scale ``max |r| + tau log A``; an explicit method is checked and returned.
 
     Args:
@@ -74,16 +74,24 @@ def batch_method(
     S, A = mdp.P.shape[-3:-1]
     if method != "auto":
         return select_method(S, A, mdp.P.dtype, method=method)
-    scale = float(jnp.max(jnp.abs(reward))) + float(jnp.max(mdp.tau)) * math.log(A)
+    gamma, tau, reward_max = (float(a) for a in _batch_scalars(mdp, reward))
     return select_method(
         S,
         A,
         mdp.P.dtype,
         tol=tol,
         max_iters=max_iters,
-        gamma=float(jnp.max(mdp.gamma)),
-        scale=scale,
+        gamma=gamma,
+        scale=reward_max + tau * math.log(A),
     )
+
+
+@jax.jit
+def _batch_scalars(mdp: TabularMDP, reward: Array) -> Array:
+    """``[3]``: the largest ``gamma``, ``tau`` and ``|reward|`` (one transfer)."""
+    return jnp.stack(
+        [jnp.max(mdp.gamma), jnp.max(mdp.tau), jnp.max(jnp.abs(reward))]
+    ).astype(jnp.float32)
 
 
 def solve_batch(

@@ -465,9 +465,9 @@ def policy_mirror_descent_step(
 
 # ------------------------------------------------------------ choosing the solver
 
-PI_ROUNDS = 4
-"""Rounds policy iteration is predicted to need (Newton's method: 2-4 on the grid of
-``benchmarks/time_to_solution.py``, for ``tau`` from 0.01 to 1)."""
+PI_ROUNDS = 3
+"""Rounds policy iteration is predicted to need (Newton's method: 1-3, mean 2, on the
+grid of ``benchmarks/time_to_solution.py``; 3-4 at ``tau = 0.01``)."""
 
 ASSUMED_GAMMA = 0.99
 """The discount :func:`select_method` assumes when none is given (``gamma`` is an
@@ -476,29 +476,30 @@ better."""
 
 
 class SolverCost(NamedTuple):
-    """Time model of one backend (nanoseconds), fitted by
-    ``benchmarks/time_to_solution.py``.
+    """Per-MDP time model of one backend (nanoseconds), fitted to the grid of
+    ``benchmarks/time_to_solution.py`` (its ``fit`` record).
 
-    Per MDP of a batch of ``B``, a value-iteration sweep costs
-    ``sweep_per_entry * S^2 A + sweep_fixed / B`` and a policy-iteration round
-    ``round_per_entry * S^2 A + round_per_cube * S^3 + round_fixed / B`` (forming
-    ``P_pi``, the dense ``S x S`` solve, the look-ahead); the fixed terms are the
-    per-call latency of one sweep / round (kernel launches, loop control), shared by
-    the batch. ``round_per_cube`` is given per itemsize (4 and 8 bytes).
+    A value-iteration sweep costs ``sweep_per_byte * bytes(P) + sweep_fixed``; a
+    policy-iteration round ``round_per_byte * bytes(P) + round_per_cube * S^3 +
+    round_fixed`` (forming ``P_pi`` and the look-ahead read ``P``; the dense
+    ``S x S`` solve is the cube, given per itemsize, 4 and 8 bytes).
     """
 
-    sweep_per_entry: float
+    sweep_per_byte: float
     sweep_fixed: float
-    round_per_entry: float
+    round_per_byte: float
     round_per_cube: dict
     round_fixed: float
 
 
 SOLVER_COSTS = {
-    "cpu": SolverCost(0.085, 250.0, 0.2, {4: 0.07, 8: 0.25}, 5000.0),
-    "gpu": SolverCost(0.085, 250.0, 0.2, {4: 0.07, 8: 0.25}, 5000.0),
+    # 2-core x86 CPU, one XLA device, S in {16, 64, 200}, A = 8 (2026-12-04):
+    # sweeps within 25% of the model on every cell, rounds within 2.3x.
+    "cpu": SolverCost(0.0164, 301.0, 0.259, {4: 0.0504, 8: 0.114}, 3858.0),
 }
-""":class:`SolverCost` per ``jax.default_backend()`` (other backends use ``"gpu"``)."""
+""":class:`SolverCost` per ``jax.default_backend()``. Only the CPU model is
+measured so far; other backends use it until ``time_to_solution.py`` has been run
+there (their latency per sweep favours policy iteration further)."""
 
 
 def predicted_sweeps(gamma: float, tol: float, scale: float, dtype) -> int:
@@ -521,21 +522,20 @@ def predicted_times(
     *,
     scale: float = 1.0,
     max_iters: int = 10_000,
-    batch_size: int = 1,
     backend: str | None = None,
 ) -> dict[str, float]:
     """Predicted seconds per MDP of each method in :data:`METHODS` (the cost model
     of ``method="auto"``; :data:`SOLVER_COSTS`, :data:`PI_ROUNDS`)."""
     backend = backend or jax.default_backend()
-    c = SOLVER_COSTS.get(backend, SOLVER_COSTS["gpu"])
+    c = SOLVER_COSTS.get(backend, SOLVER_COSTS["cpu"])
     S, A = num_states, num_actions
     itemsize = np.dtype(dtype).itemsize
     sweeps = min(predicted_sweeps(gamma, tol, scale, dtype), max_iters)
     rounds = min(PI_ROUNDS, max_iters)
-    B = max(int(batch_size), 1)
-    sweep = c.sweep_per_entry * S * S * A + c.sweep_fixed / B
+    p_bytes = S * S * A * itemsize
+    sweep = c.sweep_per_byte * p_bytes + c.sweep_fixed
     per_cube = c.round_per_cube.get(itemsize, max(c.round_per_cube.values()))
-    round_ = c.round_per_entry * S * S * A + per_cube * S**3 + c.round_fixed / B
+    round_ = c.round_per_byte * p_bytes + per_cube * S**3 + c.round_fixed
     return {
         "value_iteration": 1e-9 * sweeps * sweep,
         "policy_iteration": 1e-9 * rounds * round_,
@@ -551,14 +551,13 @@ def select_method(
     max_iters: int = 10_000,
     gamma: float = ASSUMED_GAMMA,
     scale: float | None = None,
-    batch_size: int = 1,
     method: str = "auto",
 ) -> str:
     """Resolves ``method="auto"`` to the method of :data:`METHODS` predicted faster.
 
     A static choice by :func:`predicted_times` from the sizes, dtype, ``tol`` and
     ``max_iters``, a discount ``gamma``, the scale ``||T(0)||_inf ~ max |r| +
-    tau log A`` (default ``1 + log A``) and the number of MDPs solved together.
+    tau log A`` (default ``1 + log A``).
     :func:`soft_value_iteration` uses only static information (``gamma`` is an
     array there, so :data:`ASSUMED_GAMMA`), so
     its choice is the same with or without ``jit``/``vmap``;
@@ -585,6 +584,5 @@ def select_method(
         dtype,
         scale=scale,
         max_iters=int(max_iters),
-        batch_size=batch_size,
     )
     return min(times, key=times.get)

@@ -42,6 +42,24 @@ def test_benchmark_quick_run_writes_its_result_files(name, tmp_path):
     result = json.loads(out.with_suffix(".json").read_text())
     assert result  # a non-empty record
     assert out.with_suffix(".png").stat().st_size > 1000
+    HEADLINES.get(name, lambda result: None)(result)
+
+
+def _time_to_solution(result):
+    """Every solve stops at tol or its round-off floor, policy iteration in a few
+    rounds, and within residual / (1 - gamma) of V* (plus float32 rounding)."""
+    for cell in result["grid"]:
+        for method in ("value_iteration", "policy_iteration", "auto"):
+            rec = cell[method]
+            assert rec["status"]["max_iters"] == rec["status"]["non_finite"] == 0
+            bound = rec["residual_max"] / (1 - cell["gamma"])
+            assert rec["error_max"] <= bound + 1e-3, (cell["S"], method)
+        assert cell["policy_iteration"]["iterations_max"] <= 10
+
+
+HEADLINES = {"time_to_solution": _time_to_solution}
+"""Per script, assertions on the direction of its headline numbers (not timings:
+a --quick run on a shared machine is too short and too noisy for those)."""
 
 
 @pytest.mark.slow  # about 10 s on 2 cores
