@@ -124,11 +124,14 @@ CASES = {
         lambda: hpgd.make(optimizer=sgd(0.1), num_samples=4, horizon=20),
     ),
 }
-CHANGED = {("hpgd", "f"), ("hpgd", "exact_f")}
-"""Metrics whose definition changed on purpose (module docstring), or that moved by
-round-off when the best response's stopping test changed (policy iteration now
-stops on the Bellman residual at the round-off floor; on HPGD's suite exact_f moved
-by 7e-12); compared to 1e-9 instead."""
+CHANGED = {("hpgd", "f")}
+"""Metrics whose definition changed on purpose (module docstring); compared to
+1e-9 instead."""
+RESOLVED_AT_ROUNDOFF = {"hpgd"}
+"""Cases whose best response moved by round-off when its stopping test changed
+(soft policy iteration now stops on the Bellman residual at the round-off floor):
+HPGD's steps use the exact best response at gamma near 1, where exact_f moved by
+7e-12 and grad_norm (~61 at iteration 1) by 9e-12 relative; compared to 1e-9."""
 FIRST_ITERATION_ONLY = {"stoc_sobirl"}
 """Cases whose algorithm was corrected after the reference was recorded: STORM
 re-evaluated re-drawn trajectories at the previous point (a key re-draw); it now
@@ -149,7 +152,8 @@ def test_history_equals_the_pre_refactor_reference(name):
     assert not missing, f"{name}: metrics no longer recorded: {missing}"
     upto = 1 if name in FIRST_ITERATION_ONLY else ITERS
     for metric, want in expected.items():
-        tol = 1e-9 if (name, metric) in CHANGED else 1e-12
+        loose = (name, metric) in CHANGED or name in RESOLVED_AT_ROUNDOFF
+        tol = 1e-9 if loose else 1e-12
         np.testing.assert_allclose(
             history[metric][:upto], want[:upto], rtol=tol, atol=tol,
             err_msg=f"{name}/{metric}",
