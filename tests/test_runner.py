@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from bilevel_rl.algorithms import m_sobirl, stoc_sobirl
-from bilevel_rl.experiment import checkpoint, diverged_at, history, load_history, run
+from bilevel_rl.experiment import (
+    checkpoint,
+    diverged_at,
+    history,
+    load_history,
+    run,
+    runner,
+)
 from bilevel_rl.suites import shaping_problem, sobirl_synthetic
 
 SOLVER = m_sobirl.make(
@@ -236,6 +243,41 @@ def test_history_folder_thinned_with_exact_statistics_and_divergence(tmp_path):
     _, thinned = run(SOLVER, problems, KEYS, ITERS, record_every=5)
     np.testing.assert_array_equal(thinned["grad_norm"], loaded["grad_norm"])
     np.testing.assert_array_equal(thinned["diverged_at"], where)
+
+
+def test_exact_metrics_only_at_the_recorded_iterations(tmp_path):
+    # Iterations not recorded take the step without track_exact's exact solve:
+    # the same states bitwise, the same recorded values, no statistics elsewhere.
+    tracked = m_sobirl.make(optimizer={"learning_rate": 8e-3}, inner_steps=3)
+    assert tracked.untracked_step is not None and SOLVER.untracked_step is None
+    state, full = run(tracked, PROBLEMS, KEYS, ITERS)
+    folder = str(tmp_path / "hist")
+    thin_state, stats = run(
+        tracked, PROBLEMS, KEYS, ITERS, segment_length=6, record_every=5,
+        history_dir=folder,
+    )  # fmt: skip
+    leaves_equal(thin_state, state)
+    loaded = load_history(folder)
+    assert list(loaded["iterations"]) == [4, 9, 11]
+    for name in full:
+        np.testing.assert_array_equal(loaded[name], full[name][:, [4, 9, 11]])
+    recorded = np.isin(np.arange(ITERS), [4, 9, 11])
+    for name in ("exact_f", "exact_grad_norm"):
+        median = stats[f"{name}.p50"]
+        assert np.isnan(median[~recorded]).all()
+        np.testing.assert_allclose(
+            median[recorded], np.median(full[name][:, recorded], axis=0), rtol=1e-15
+        )
+        np.testing.assert_array_equal(stats[f"{name}.nonfinite"], 0)
+    np.testing.assert_allclose(
+        stats["grad_norm.p50"], np.median(full["grad_norm"], axis=0), rtol=1e-15
+    )
+    # The segments 0-5 and 6-11 as blocks of untracked steps and a tracked one.
+    assert runner._blocks([False] * 4 + [True, False]) == [(1, 4, 1), (1, 1, 0)]
+    assert runner._blocks([False, True, True, True]) == [(1, 1, 1), (2, 0, 1)]
+    assert runner._blocks(([False] * 4 + [True]) * 2 + [False]) == [
+        (2, 4, 1), (1, 1, 0)
+    ]  # fmt: skip
 
 
 def test_resume_rewrites_the_history_past_the_checkpoint(tmp_path):

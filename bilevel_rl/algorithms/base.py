@@ -34,6 +34,7 @@ Common metrics (every solver, every iteration, at ``x_k`` before its update):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -75,10 +76,16 @@ class Solver(NamedTuple):
         init: ``init(problem, key) -> state``.
         step: ``step(state, problem) -> (state, metrics)``; ``metrics`` is a dict of
             scalar arrays recorded once per iteration by ``run``.
+        untracked_step: ``step`` without its diagnostic metrics (the
+            :data:`EXACT_METRICS` of ``track_exact``: one exact follower solve
+            each), the same new state; ``None`` when ``step`` has none to leave
+            out. :func:`bilevel_rl.experiment.run` takes it at the iterations
+            whose per-run metrics it does not record.
     """
 
     init: Callable[[BilevelProblem, PRNGKey], Any]
     step: Callable[[Any, BilevelProblem], tuple[Any, Metrics]]
+    untracked_step: Callable[[Any, BilevelProblem], tuple[Any, Metrics]] | None = None
 
 
 class SolverState(NamedTuple):
@@ -123,7 +130,7 @@ def make_solver(
         follower = estimator.init(problem, problem.x0, key)
         return SolverState(problem.x0, follower, opt.init(problem.x0), key)
 
-    def step(state: SolverState, problem: BilevelProblem):
+    def step(state: SolverState, problem: BilevelProblem, tracked: bool = True):
         key, k_est = jax.random.split(state.key)
         grad, follower, own = estimator.estimate(
             state.follower, problem, state.x, k_est
@@ -131,13 +138,15 @@ def make_solver(
         if estimator.maximize:
             grad = jax.tree.map(jnp.negative, grad)
         metrics = {"grad_norm": tree_norm(grad), **own}
-        if track_exact:
+        if track_exact and tracked:
             metrics.update(exact_metrics(problem, state.x))
         updates, opt_state = opt.update(grad, state.opt_state, state.x)
         x = optax.apply_updates(state.x, updates)
         return SolverState(x, follower, opt_state, key), metrics
 
-    return Solver(init, step)
+    if not track_exact:
+        return Solver(init, step)
+    return Solver(init, step, functools.partial(step, tracked=False))
 
 
 def build_solver(params_cls, estimator_fn, options: dict, aliases=None) -> Solver:

@@ -157,9 +157,10 @@ def plot(stats: dict[str, np.ndarray], optimum, path: str, title: str) -> None:
         if log:
             band = [np.maximum(np.abs(b), np.finfo(np.float64).tiny) for b in band]
         lo, mid, hi = band
-        if alive.any():
-            ax.fill_between(k[alive], lo[alive], hi[alive], alpha=0.3, label="10–90%")
-            ax.plot(k[alive], mid[alive], label="median")
+        shown = alive & np.isfinite(mid)  # exact metrics: at recorded iterations
+        if shown.any():
+            ax.fill_between(k[shown], lo[shown], hi[shown], alpha=0.3, label="10–90%")
+            ax.plot(k[shown], mid[shown], label="median")
         ax.set_xlabel("iteration k")
         ax.set_title(label, fontsize=10)
         if log:

@@ -162,7 +162,8 @@ class RunConfig:
     record_every: int = _key(
         0,
         "record per-run metrics every n-th iteration (batch statistics: every "
-        "one); 0 = automatic: every one while runs x iterations <= 4e6, else the "
+        "one; exact_f/exact_grad_norm are computed at the recorded ones only); "
+        "0 = automatic: every one while runs x iterations <= 4e6, else the "
         "smallest divisor or multiple of log_every that keeps under that",
         nonnegative=True,
     )

@@ -13,6 +13,9 @@ statistics, append-only segment files and their loader.
   finite at that iteration (NaN when none is) and ``<metric>.nonfinite``, the number
   of runs whose value is NaN/inf (for ``finite``: the number of runs that diverged
   at or before that iteration);
+* for a metric that the solver's ``untracked_step`` leaves out (the exact metrics
+  of ``track_exact``), the statistics at the iterations not recorded are NaN and
+  its ``nonfinite`` count 0: it is computed at the recorded iterations only;
 * ``diverged_at`` (``[B]``): the first iteration whose step was not finite, ``-1``
   if none — exact at full resolution whatever ``record_every`` is.
 

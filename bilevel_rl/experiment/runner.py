@@ -16,6 +16,9 @@ finite steps, which is its first non-finite iteration once it has one
 History: per-run metrics at every ``record_every``-th iteration; with a history
 folder also batch statistics at every iteration, computed on the device, and the
 segments written to disk as the run goes (:mod:`bilevel_rl.experiment.history`).
+The iterations not recorded take ``solver.untracked_step`` where the solver has
+one: the same state without the costly diagnostic metrics (``track_exact``'s), which
+are NaN there (no statistics; ``nonfinite`` 0).
 
 Checkpoints: with ``checkpoint_dir`` the run advances in segments of
 ``segment_length`` iterations and saves the state, the keys, the finite flags and
@@ -111,7 +114,9 @@ def run(
             ``(k + 1) % record_every == 0`` and at the last one
             (:func:`~bilevel_rl.experiment.history.recorded_iterations`); the
             default records every iteration. A ``segment_length`` that is a
-            multiple of it compiles one segment program.
+            multiple of it compiles one segment program. The other iterations
+            take ``solver.untracked_step`` (when not ``None``): the metrics it
+            leaves out are computed at the recorded iterations only.
         history_dir: write the history there as the run goes, one file per
             segment (:mod:`bilevel_rl.experiment.history`), with batch statistics
             of every metric at every iteration; nothing of it is kept in memory.
@@ -318,15 +323,70 @@ def _init_one(solver: Solver, problem, key):
     return state, _finite(state), jnp.zeros((), jnp.int32)
 
 
-def _advance_one(solver: Solver, problem, carry, length: int):
-    def body(carry, _):
+def _advance_one(solver: Solver, problem, carry, length: int, tracked=None):
+    """Scans ``length`` steps. ``tracked`` (``length`` bools, or ``None`` for all):
+    the steps that take ``solver.step``; the others take ``solver.untracked_step``
+    and report the metrics it leaves out as NaN. The steps run as repeated blocks
+    of untracked steps and one tracked step (:func:`_blocks`), so no step of the
+    compiled program branches."""
+
+    def body(step_fn, carry, _=None):
         state, alive, steps = carry
-        new, metrics = solver.step(state, problem)
+        new, metrics = step_fn(state, problem)
         ok = alive & _finite(new) & _finite(metrics)
         state = jax.tree.map(lambda n, o: _select(ok, n, o), new, state)
         return (state, ok, steps + ok), {**metrics, "finite": ok}
 
-    return jax.lax.scan(body, carry, None, length=length)
+    if tracked is None:
+        return jax.lax.scan(functools.partial(body, solver.step), carry, length=length)
+    full = jax.eval_shape(solver.step, carry[0], problem)[1]
+
+    def untracked(carry, _=None):
+        carry, metrics = body(solver.untracked_step, carry)
+        nan = {k: jnp.full(v.shape, jnp.nan, v.dtype) for k, v in full.items()}
+        return carry, {**nan, **metrics}
+
+    def block(carry, _, untracked_steps, tracked_step):
+        parts = []
+        if untracked_steps:
+            carry, out = jax.lax.scan(untracked, carry, length=untracked_steps)
+            parts.append(out)
+        if tracked_step:
+            carry, out = body(solver.step, carry)
+            parts.append(jax.tree.map(lambda v: v[None], out))
+        return carry, jax.tree.map(lambda *v: jnp.concatenate(v), *parts)
+
+    parts = []
+    for repeats, untracked_steps, tracked_step in _blocks(tracked):
+        fn = functools.partial(
+            block, untracked_steps=untracked_steps, tracked_step=tracked_step
+        )
+        carry, out = jax.lax.scan(fn, carry, length=repeats)
+        parts.append(jax.tree.map(lambda v: v.reshape(-1), out))
+    return carry, jax.tree.map(lambda *v: jnp.concatenate(v), *parts)
+
+
+def _blocks(tracked) -> list[tuple[int, int, int]]:
+    """``tracked`` as ``(repeats, untracked_steps, tracked_step)`` pieces, in
+    order: each repeats a block of ``untracked_steps`` untracked steps followed by
+    ``tracked_step`` (0 or 1) tracked one; e.g. every 5th of 12 tracked:
+    ``[(2, 4, 1), (1, 2, 0)]``."""
+    pairs, run = [], 0
+    for t in tracked:
+        if t:
+            pairs.append((run, 1))
+            run = 0
+        else:
+            run += 1
+    if run:
+        pairs.append((run, 0))
+    pieces: list[tuple[int, int, int]] = []
+    for pair in pairs:
+        if pieces and pieces[-1][1:] == pair:
+            pieces[-1] = (pieces[-1][0] + 1, *pair)
+        else:
+            pieces.append((1, *pair))
+    return pieces
 
 
 def _diverged(carry) -> np.ndarray:
@@ -370,12 +430,17 @@ def _program(
     """The traced function of ``kind`` for one instance (``chunk == 0``) or a batch;
     an ``advance`` keeps the metrics of the ``record`` steps (all when ``None``)
     and adds the batch statistics of every step when ``stats``."""
+    tracked = None  # every step tracked
+    if record is not None and solver.untracked_step is not None:
+        tracked = np.zeros(length, bool)
+        tracked[list(record)] = True
+        tracked = tuple(tracked.tolist())
     if kind == "init":
         one = functools.partial(_init_one, solver)
     else:
 
         def one(problem, carry):
-            return _advance_one(solver, problem, carry, length)
+            return _advance_one(solver, problem, carry, length, tracked)
 
     mapped = (
         one
@@ -392,9 +457,26 @@ def _program(
             out = {k: v[..., np.asarray(record, int)] for k, v in out.items()}
         if stats:
             out.update(history.batch_stats(metrics, batched=chunk != 0))
+        if stats and tracked is not None:  # left-out metrics: no statistics
+            mask = np.asarray(tracked)
+            for name in _left_out(solver, problem, carry[0], batched=chunk != 0):
+                for stat in history.STATS:
+                    out[f"{name}.{stat}"] = jnp.where(
+                        mask, out[f"{name}.{stat}"], jnp.nan
+                    )
+                out[f"{name}.nonfinite"] = jnp.where(mask, out[f"{name}.nonfinite"], 0)
         return carry, out
 
     return advance
+
+
+def _left_out(solver: Solver, problem, state, batched: bool) -> list[str]:
+    """The metrics of ``solver.step`` that ``solver.untracked_step`` leaves out."""
+    if batched:
+        problem, state = jax.tree.map(lambda a: a[0], (problem, state))
+    full = jax.eval_shape(solver.step, state, problem)[1]
+    part = jax.eval_shape(solver.untracked_step, state, problem)[1]
+    return sorted(set(full) - set(part))
 
 
 def _signature(args) -> tuple:
