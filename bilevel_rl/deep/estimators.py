@@ -57,8 +57,10 @@ __all__ = [
     "Fragments",
     "PolicyFn",
     "branch",
+    "exploration_gradient",
     "hypergradient",
     "preference_loss",
+    "preference_losses",
     "rollout",
 ]
 
@@ -240,6 +242,72 @@ def _flat_obs(fragments: Fragments) -> Array:
     return fragments.obs.reshape((-1,) + fragments.obs.shape[lead:])
 
 
+def _check_queries(queries: Fragments, labels: Array) -> int:
+    if queries.actions.ndim != 3 or queries.actions.shape[1] != 2:
+        raise ValueError(
+            f"queries: expected fields [D, 2, F], got actions {queries.actions.shape}"
+        )
+    D = queries.actions.shape[0]
+    if labels.shape != (D,):
+        raise ValueError(f"labels: expected shape [D] = ({D},), got {labels.shape}")
+    return D
+
+
+def preference_losses(
+    reward_apply: RewardApply, x: PyTree, queries: Fragments, labels: Array
+) -> Array:
+    """:func:`preference_loss` of every query: ``[D, 2, F]``, ``[D]`` -> ``[D]``."""
+    return jax.vmap(preference_loss, (None, None, 0, 0))(
+        reward_apply, x, queries, labels
+    )
+
+
+def exploration_gradient(
+    reward_apply: RewardApply,
+    x: PyTree,
+    queries: Fragments,
+    labels: Array,
+    *,
+    gamma: float | Array,
+    tau: float | Array,
+    estimator: str = "branch",
+    branches: Branches | None = None,
+    policy_fn: PolicyFn | None = None,
+    baseline: str = "leave_one_out",
+    normalize: bool = False,
+) -> PyTree:
+    """The score term (13), ``(1/D) sum_j (l_j - b_j)/tau sum_{i,t} mask (dQ^ -
+    dV^)(s_t, a_t)``, of queries drawn under the current policy (arguments as in
+    :func:`hypergradient`); a pytree like ``x``."""
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator: must be one of {ESTIMATORS}, got {estimator!r}")
+    if baseline not in ("leave_one_out", "none"):
+        raise ValueError(
+            f"baseline: must be 'leave_one_out' or 'none', got {baseline!r}"
+        )
+    D = _check_queries(queries, labels)
+    if baseline == "leave_one_out" and D < 2:
+        raise ValueError("baseline: 'leave_one_out' needs D >= 2 queries")
+    if estimator == "branch" and branches is None:
+        raise ValueError("branches: the 'branch' estimator needs branch(...) rollouts")
+    if estimator == "one_step" and policy_fn is None:
+        raise ValueError("policy_fn: the 'one_step' estimator needs the policy")
+    losses = preference_losses(reward_apply, x, queries, labels)
+    advantage = losses
+    if baseline == "leave_one_out":
+        advantage = losses - (jnp.sum(losses) - losses) / (D - 1)
+    weights = advantage / (D * tau)
+    if normalize:
+        weights = weights / jnp.maximum(jnp.sum(queries.mask, axis=(-2, -1)), 1)
+    weights = jax.lax.stop_gradient(weights)
+
+    def score(x):
+        s = _score(reward_apply, x, queries, branches, policy_fn, gamma, estimator)
+        return jnp.sum(weights.astype(s.dtype) * s)
+
+    return jax.grad(score)(x)
+
+
 def hypergradient(
     reward_apply: RewardApply,
     x: PyTree,
@@ -275,53 +343,24 @@ def hypergradient(
         coef: ``c``, the weight of the score term (a warm-up ramps it to 1).
 
     Returns:
-        ``(grad, metrics)``: ``grad`` a pytree like ``x``; ``metrics`` has
-        ``loss`` (mean ``l_j``), ``exploit_norm`` and ``score_norm`` (the norms of
-        the two terms).
+        ``(grad, metrics)``: ``grad`` (12) + ``c`` (13), a pytree like ``x``;
+        ``metrics`` has ``loss`` (mean ``l_j``), ``exploit_norm`` and
+        ``score_norm`` (the norms of the two terms).
 
     Raises:
         ValueError: an unknown ``estimator``/``baseline``, the input it needs
             missing, or shapes that do not fit (checked before tracing).
     """
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"estimator: must be one of {ESTIMATORS}, got {estimator!r}")
-    if baseline not in ("leave_one_out", "none"):
-        raise ValueError(
-            f"baseline: must be 'leave_one_out' or 'none', got {baseline!r}"
-        )
-    if queries.actions.ndim != 3 or queries.actions.shape[1] != 2:
-        raise ValueError(
-            f"queries: expected fields [D, 2, F], got actions {queries.actions.shape}"
-        )
-    D = queries.actions.shape[0]
-    if labels.shape != (D,):
-        raise ValueError(f"labels: expected shape [D] = ({D},), got {labels.shape}")
-    if baseline == "leave_one_out" and D < 2:
-        raise ValueError("baseline: 'leave_one_out' needs D >= 2 queries")
-    if estimator == "branch" and branches is None:
-        raise ValueError("branches: the 'branch' estimator needs branch(...) rollouts")
-    if estimator == "one_step" and policy_fn is None:
-        raise ValueError("policy_fn: the 'one_step' estimator needs the policy")
-
-    def losses_of(x):
-        return jax.vmap(preference_loss, (None, None, 0, 0))(
-            reward_apply, x, queries, labels
-        )
-
-    losses, vjp = jax.vjp(losses_of, x)
-    exploit = vjp(jnp.full_like(losses, 1.0 / D))[0]
-    advantage = losses
-    if baseline == "leave_one_out":
-        advantage = losses - (jnp.sum(losses) - losses) / (D - 1)
-    weights = coef * advantage / (D * tau)
-    if normalize:
-        weights = weights / jnp.maximum(jnp.sum(queries.mask, axis=(-2, -1)), 1)
-
-    def score(x):
-        s = _score(reward_apply, x, queries, branches, policy_fn, gamma, estimator)
-        return jnp.sum(jax.lax.stop_gradient(weights).astype(s.dtype) * s)
-
-    explore = jax.grad(score)(x)
+    explore = exploration_gradient(
+        reward_apply, x, queries, labels, gamma=gamma, tau=tau, estimator=estimator,
+        branches=branches, policy_fn=policy_fn, baseline=baseline,
+        normalize=normalize,
+    )  # fmt: skip
+    losses, vjp = jax.vjp(
+        lambda x: preference_losses(reward_apply, x, queries, labels), x
+    )
+    exploit = vjp(jnp.full_like(losses, 1.0 / losses.shape[0]))[0]
+    explore = jax.tree.map(lambda g: coef * g, explore)
     grad = jax.tree.map(jnp.add, exploit, explore)
     metrics = {
         "loss": jnp.mean(losses),
