@@ -196,6 +196,16 @@ def tree_norm(tree: PyTree) -> jax.Array:
     return optax.tree.norm(tree)
 
 
+def tree_finite(tree: PyTree) -> jax.Array:
+    """``True`` iff every float/complex leaf of ``tree`` is finite (keys skipped)."""
+    checks = [
+        jnp.all(jnp.isfinite(x))
+        for x in jax.tree.leaves(tree)
+        if jnp.issubdtype(x.dtype, jnp.inexact)
+    ]
+    return jnp.all(jnp.stack(checks)) if checks else jnp.asarray(True)
+
+
 def exact_metrics(problem: BilevelProblem, x: PyTree) -> Metrics:
     """``exact_f = f(x, pi*_x)`` and ``exact_grad_norm = ‖∇φ(x)‖`` (docs/math.md §2).
 

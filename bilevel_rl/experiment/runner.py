@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bilevel_rl.algorithms.base import Solver, check_positive, check_x0
+from bilevel_rl.algorithms.base import Solver, check_positive, check_x0, tree_finite
 from bilevel_rl.devices import batch_map, cache_bytes, replicate, replicated
 from bilevel_rl.experiment import checkpoint, history
 from bilevel_rl.problem import BilevelProblem
@@ -306,21 +306,11 @@ def _auto_chunk(problem: BilevelProblem, batch_size: int) -> int:
     return max(1, min(batch_size, (cache_bytes() // 2) // max(per_instance, 1)))
 
 
-def _finite(tree) -> jax.Array:
-    """``True`` iff every float/complex leaf of ``tree`` is finite (keys skipped)."""
-    checks = [
-        jnp.all(jnp.isfinite(x))
-        for x in jax.tree.leaves(tree)
-        if jnp.issubdtype(x.dtype, jnp.inexact)
-    ]
-    return jnp.all(jnp.stack(checks)) if checks else jnp.asarray(True)
-
-
 def _init_one(solver: Solver, problem, key):
     """``(state, finite, finite_steps)``: once a step is not finite, the count of
     finite steps before it is the iteration it diverged at."""
     state = solver.init(problem, key)
-    return state, _finite(state), jnp.zeros((), jnp.int32)
+    return state, tree_finite(state), jnp.zeros((), jnp.int32)
 
 
 def _advance_one(solver: Solver, problem, carry, length: int, tracked=None):
@@ -333,7 +323,7 @@ def _advance_one(solver: Solver, problem, carry, length: int, tracked=None):
     def body(step_fn, carry, _=None):
         state, alive, steps = carry
         new, metrics = step_fn(state, problem)
-        ok = alive & _finite(new) & _finite(metrics)
+        ok = alive & tree_finite(new) & tree_finite(metrics)
         state = jax.tree.map(lambda n, o: _select(ok, n, o), new, state)
         return (state, ok, steps + ok), {**metrics, "finite": ok}
 
