@@ -164,7 +164,7 @@ def parl_hypergradient(
         grad_x_f: ``grad_x f`` at fixed ``theta`` (pytree like ``x``).
         grad_theta_f: ``[S, A]`` ``grad_theta f``.
         cg_iters: maximum conjugate-gradient iterations (static).
-        cg_tol: relative residual tolerance of CG.
+        cg_tol: relative residual tolerance of CG (at least the dtype's eps).
         damping: ``lam >= 0``; ``0`` solves on the shift-free subspace.
 
     Returns:
@@ -181,7 +181,10 @@ def parl_hypergradient(
         return _center(-hu) + damping * u
 
     b = _center(grad_theta_f)
-    u, _ = jax.scipy.sparse.linalg.cg(neg_hessian, b, tol=cg_tol, maxiter=cg_iters)
+    # CG stops at a relative residual its dtype can reach: below eps it runs on
+    # round-off until p.Ap underflows and alpha = 0/0 turns u into NaN.
+    tol = max(cg_tol, float(jnp.finfo(b.dtype).eps))
+    u, _ = jax.scipy.sparse.linalg.cg(neg_hessian, b, tol=tol, maxiter=cg_iters)
     u = jax.lax.stop_gradient(_center(u))
     norm_b = jnp.linalg.norm(b)
     residual = jnp.linalg.norm(neg_hessian(u) - b) / jnp.where(norm_b > 0, norm_b, 1.0)
