@@ -50,15 +50,8 @@ QUICK = dict(steps=24 * 8192, queries=240, seeds=2)
 
 
 def method_params(name: str, iterations: int, queries: int) -> rlhf.Params:
-    options = dict(SHARED, **METHODS[name])
-    if name == "two_stage":
-        stage = max(1, iterations // 4)
-        options |= dict(
-            stage_iterations=stage, queries_per_iteration=-(-queries // stage)
-        )
-    else:
-        options["queries_per_iteration"] = max(1, queries // iterations)
-    return rlhf.Params(**options)
+    params = rlhf.Params(**SHARED, **METHODS[name])
+    return rlhf.with_query_budget(params, iterations, queries)
 
 
 def measure(env_name: str, name: str, steps: int, queries: int, seeds: int):

@@ -80,10 +80,11 @@ def test_labels_deterministic_with_ties_and_bradley_terry():
 
 @pytest.fixture(scope="module")
 def runs():
-    """Every method (sobirl with the branch estimator), 2 seeds, one call each."""
+    """Every method, 2 seeds, one call each (sobirl with the one_step estimator;
+    the branch estimator runs in test_cli_deep.py)."""
     out = {}
     for method in ("sobirl", "drlhf", "two_stage", "oracle"):
-        params = rlhf.Params(method=method, estimator="branch", **SMALL)
+        params = rlhf.Params(method=method, **SMALL)
         fn = jax.jit(jax.vmap(lambda k: rlhf.train(k, *ENV, params, PPO, ITERS)))  # noqa: B023
         out[method] = fn(jax.random.split(jax.random.key(0), 2))
     return out

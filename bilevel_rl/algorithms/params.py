@@ -86,7 +86,7 @@ def at_least(minimum: int) -> Rule:
     """An integer ``>= minimum``."""
 
     def rule(name, value):
-        value = check_positive(name, value, integer=True)
+        value = check_positive(name, value, integer=True, allow_zero=minimum <= 0)
         if value < minimum:
             raise ValueError(f"{name}: must be >= {minimum}, got {value}")
         return value

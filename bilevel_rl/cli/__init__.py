@@ -1,8 +1,9 @@
 """The ``bilevel-rl`` command.
 
 Sub-commands: ``run`` (an algorithm on a batch of a problem suite; no options =
-the main job), ``solve`` (batch-solve soft MDPs), ``config --example``, ``list``,
-``bench``. Bad input exits with status 2 and one line naming the problem.
+the main job), ``solve`` (batch-solve soft MDPs), ``deep`` (online RLHF on a gymnax
+environment), ``config --example``, ``list``, ``bench``. Bad input exits with
+status 2 and one line naming the problem.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import argparse
 import sys
 
 from bilevel_rl import __version__
-from bilevel_rl.cli import catalog, run, solve
+from bilevel_rl.cli import catalog, deep, run, solve
 from bilevel_rl.cli.common import UsageError
 
 
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run.add_parser(sub)
     solve.add_parser(sub)
+    deep.add_parser(sub)
     catalog.add_parser(sub)
     return parser
 

@@ -39,7 +39,16 @@ import jax.numpy as jnp
 import optax
 
 from bilevel_rl.algorithms.base import tree_finite
-from bilevel_rl.algorithms.params import choice, count, flag, option, validate
+from bilevel_rl.algorithms.params import (
+    at_least,
+    choice,
+    count,
+    flag,
+    nonnegative,
+    option,
+    positive,
+    validate,
+)
 from bilevel_rl.deep import ppo
 from bilevel_rl.deep.envs import num_discrete_actions
 from bilevel_rl.deep.estimators import (
@@ -62,22 +71,11 @@ __all__ = [
     "sample_queries",
     "step",
     "train",
+    "with_query_budget",
 ]
 
 METHODS = ("sobirl", "drlhf", "two_stage", "oracle")
 """What the leader does (module docstring)."""
-
-
-def _nonneg(name, value):
-    if not (isinstance(value, int | float) and value >= 0):
-        raise ValueError(f"{name}: must be a number >= 0, got {value!r}")
-    return value
-
-
-def _positive(name, value):
-    if not (isinstance(value, int | float) and value > 0):
-        raise ValueError(f"{name}: must be a number > 0, got {value!r}")
-    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,23 +96,23 @@ class Params:
         "deterministic (ties 0.5) or bradley_terry (sampled)",
         choice("deterministic", "bradley_terry"),
     )
-    temperature: float = option(1.0, "Bradley-Terry label temperature", _positive)
+    temperature: float = option(1.0, "Bradley-Terry label temperature", positive)
     reward_steps: int = option(1, "reward-model steps per iteration", count)
     reward_batch: int = option(64, "buffer queries per reward step", count)
-    reward_lr: float = option(3e-4, "AdamW step size of the reward model", _positive)
-    weight_decay: float = option(1e-4, "AdamW weight decay", _nonneg)
+    reward_lr: float = option(3e-4, "AdamW step size of the reward model", positive)
+    weight_decay: float = option(1e-4, "AdamW weight decay", nonnegative)
     reward_hidden: tuple[int, ...] = option(
         (64, 64), "hidden widths of the reward MLP", None
     )
-    reward_bound: float = option(1.0, "rewards lie in (-bound, bound)", _positive)
+    reward_bound: float = option(1.0, "rewards lie in (-bound, bound)", positive)
     baseline: str = option(
         "leave_one_out", "score baseline", choice("leave_one_out", "none")
     )
     normalize: bool = option(True, "divide each score by its valid steps", flag)
-    warmup: int = option(0, "iterations over which c_k ramps 0 -> 1", _nonneg)
+    warmup: int = option(0, "iterations over which c_k ramps 0 -> 1", at_least(0))
     ppo_updates: int = option(1, "follower rollouts + updates per iteration", count)
     stage_iterations: int = option(
-        0, "two_stage: iterations of the preference stage", _nonneg
+        0, "two_stage: iterations of the preference stage", at_least(0)
     )
 
     def __post_init__(self):
@@ -153,6 +151,24 @@ class RLHFState(NamedTuple):
     buffer: Buffer
     key: PRNGKey
     queries: Array
+
+
+def with_query_budget(params: Params, num_iterations: int, queries: int) -> Params:
+    """``params`` with ``queries_per_iteration`` set to spend about ``queries``
+    queries per seed over ``num_iterations``: evenly (at least one per iteration),
+    or for ``two_stage`` within its preference stage (``stage_iterations``; a
+    quarter of the iterations when unset). The oracle's are left as they are."""
+    num_iterations = count("num_iterations", num_iterations)
+    queries = count("queries", queries)
+    if params.method == "oracle":
+        return params
+    if params.method == "two_stage":
+        stage = params.stage_iterations or max(1, num_iterations // 4)
+        return dataclasses.replace(
+            params, stage_iterations=stage, queries_per_iteration=-(-queries // stage)
+        )
+    per_iteration = max(1, queries // num_iterations)
+    return dataclasses.replace(params, queries_per_iteration=per_iteration)
 
 
 def check(env, env_params, params: Params, ppo_params: ppo.Params) -> None:
