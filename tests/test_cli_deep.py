@@ -23,14 +23,12 @@ TINY = [
 compiled block of 2 iterations)."""
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    out = tmp_path_factory.mktemp("deep") / "out"
-    assert main(["deep", *TINY, "--out", str(out)]) == 0
-    return out
-
-
-def test_writes_config_metrics_summary_plot_and_checkpoints(tiny):
+def test_outputs_and_a_resume_from_an_earlier_checkpoint(tmp_path):
+    """One run (its outputs checked), then a copy cut back to its first checkpoint
+    and resumed: bitwise equal to the uninterrupted run. One test, so the compiled
+    blocks are built in one worker."""
+    tiny = tmp_path / "out"
+    assert main(["deep", *TINY, "--out", str(tiny)]) == 0
     assert sorted(os.listdir(tiny)) == [
         "checkpoints", "config.json", "metrics.npz", "returns.png", "summary.json",
     ]  # fmt: skip
@@ -53,8 +51,6 @@ def test_writes_config_metrics_summary_plot_and_checkpoints(tiny):
         "ckpt-000000002.npz", "ckpt-000000004.npz",
     ]  # fmt: skip
 
-
-def test_resume_from_an_earlier_checkpoint_equals_the_uninterrupted_run(tiny, tmp_path):
     cut = tmp_path / "cut"
     shutil.copytree(tiny, cut)
     for name in ("metrics.npz", "summary.json", "returns.png"):
@@ -91,10 +87,10 @@ def test_bad_input_exits_2_naming_the_setting(args, message, tmp_path, capsys):
     assert not (out / "config.json").exists()  # nothing written, nothing compiled
 
 
-def test_zero_queries_and_resume_conflicts_are_refused(tiny, capsys):
+def test_zero_queries_and_resume_conflicts_are_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["deep", "--queries", "0"])
     assert exit_.value.code == 2
     assert "--queries" in capsys.readouterr().err
-    assert main(["deep", "--resume", str(tiny), "--seeds", "3"]) == 2
+    assert main(["deep", "--resume", str(tmp_path), "--seeds", "3"]) == 2
     assert "drop --seeds" in capsys.readouterr().err
