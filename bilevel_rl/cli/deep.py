@@ -156,7 +156,12 @@ class Run:
 
 def build(cfg: dict) -> Run:
     """Validates ``cfg`` (every error names its setting) before anything compiles."""
-    from bilevel_rl.deep import envs, ppo, rlhf
+    try:
+        from bilevel_rl.deep import envs, ppo, rlhf
+    except ImportError as err:
+        raise UsageError(
+            f"deep: needs the envs extra ({err}); pip install 'bilevel_rl[envs]'"
+        ) from None
 
     unknown = sorted(set(cfg) - set(DEFAULTS))
     if unknown:
