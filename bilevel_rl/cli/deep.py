@@ -276,11 +276,13 @@ def execute(run: Run, folder: str, reporter: Reporter):
 
     block = jax.jit(block)
     t0 = time.perf_counter()
-    state = jax.jit(init)(keys)
     ckdir = os.path.join(folder, "checkpoints")
     done, chunks = 0, []
-    restored = checkpoint.load_latest(ckdir, state) if os.path.isdir(ckdir) else None
-    if restored is not None:
+    like = jax.eval_shape(init, keys)  # a resumed run never builds a fresh state
+    restored = checkpoint.load_latest(ckdir, like) if os.path.isdir(ckdir) else None
+    if restored is None:
+        state = jax.jit(init)(keys)
+    else:
         state, extras, meta = restored
         done = int(meta["iteration"])
         chunks = [extras] if done else []
