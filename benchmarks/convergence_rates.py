@@ -1,29 +1,43 @@
-"""Convergence rates of the SoBiRL family on a non-convex suite, one call per method.
+"""Convergence of the SoBiRL family on a non-convex suite, on the true objective.
 
 On a batch of random reward-shaping instances (``suites.shaping_problem``:
 Dirichlet MDPs, ``r_x = tanh(Phi x)``, the leader's negative H-step return plus a
 ridge term; non-convex in ``x``), every method runs ``K`` iterations for the whole
-batch in one compiled call and records the exact ``‖∇φ(x_k)‖`` (docs/math.md §2). For a
-grid of ``K`` in [100, K_max] we report, averaged over the batch,
+batch in one compiled call and records the exact ``f(x_k, pi*_{x_k})`` and
+``‖∇φ(x_k)‖`` (docs/math.md §2). Per method we report the exact ``f`` (mean ± s.e.
+at the end, the fraction of instances whose ``f`` decreased, the curve), and for a
+grid of ``K`` in [10, K], averaged over the batch,
 
-* ``avg_sq(K) = (1/K) sum_{k<K} ‖∇φ(x_k)‖²`` (the quantity the theory bounds:
-  ``O(1/K)`` for exact, M-SoBiRL and SoBiRL, ``Õ(K^{-2/3})`` for Stoc-SoBiRL),
+* ``avg_sq(K) = (1/K) sum_{k<K} ‖∇φ(x_k)‖²`` (the quantity the theorems bound),
 * ``min_sq(K) = min_{k<K} ‖∇φ(x_k)‖²``,
 
-and fit log-log slopes over ``K in [100, K_max]``, next to the exact objective
-itself (mean, s.e. and the fraction of instances whose ``f`` decreased). Methods:
-exact hyper-gradient descent, M-SoBiRL, SoBiRL, Stoc-SoBiRL with STORM (fixed
-samples, and likelihood-ratio weighted), the moving average and no momentum. The
-sampled methods run at constant sample sizes and steps: their curves are floors
-(``rate_is_floor``), not the theorems' rates.
-Nothing is tuned per method beyond one step size shared by the deterministic ones.
+against iterations and against the transitions the estimates used.
+
+Two configurations:
+
+* ``theorem`` — each method under its theorem's configuration: exact descent,
+  M-SoBiRL and deterministic SoBiRL (exact outer expectation) at one constant step
+  ``beta`` with ``beta <= 1 / L_phi`` (``L_phi`` measured along the exact iterates:
+  ``O(1/K)``); Stoc-SoBiRL (STORM with fixed samples, moving average, none) with
+  ``lr_k = a / (w + k)^{1/3}``, ``eta_{k+1} = c lr_k²``, ``c >= 8 L̃²`` (``L̃²``
+  measured: the estimator's mean-square Lipschitz constant for fixed samples),
+  ``w`` such that ``eta <= 1``, and the growing sampling schedule ``sample_growth =
+  1/3`` (``Õ(K^{-2/3})``). Slopes are fitted over ``K in [100, K]`` for these only.
+* ``constant`` — the sampled methods at constant sample sizes and steps (sampled
+  SoBiRL, every Stoc-SoBiRL variant incl. likelihood-ratio STORM): no theorem
+  covers them; their curves are noise/bias floors and no slope is fitted.
+
+Nothing is tuned per method: one ``beta`` for the deterministic methods, one
+``(a, w, c)`` and one schedule for every Stoc-SoBiRL variant.
 
 Writes ``benchmarks/results/convergence_rates.{json,png}``.
-Usage: ``python benchmarks/convergence_rates.py [--batch 512] [--iters 3000]``.
+Usage: ``python benchmarks/convergence_rates.py [--batch 512] [--iters 3000]
+[--theorem-batch 64]``.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 
@@ -32,8 +46,10 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bilevel_rl import hypergradient  # noqa: E402
 from bilevel_rl.algorithms import (  # noqa: E402
     Optimizer,
     exact,
@@ -46,45 +62,88 @@ from bilevel_rl.suites import shaping_problem  # noqa: E402
 
 NAME = "convergence_rates"
 SUITE = dict(
-    num_states=6,
-    num_actions=3,
-    dim=5,
-    horizon=8,
-    gamma=0.8,
-    tau=0.5,
+    num_states=6, num_actions=3, dim=5, horizon=8, gamma=0.8, tau=0.5,
     regularization=0.01,
-)
-BETA = 0.5  # shared constant step of the deterministic-step methods
-SGD = Optimizer(learning_rate=BETA)
-BOUNDS = {
-    "exact": -1.0,
-    "m_sobirl": -1.0,
-    "sobirl": -1.0,
-    "stoc_sobirl_storm": -2.0 / 3.0,
-    "stoc_sobirl_storm_lr": -2.0 / 3.0,
-    "stoc_sobirl_average": -2.0 / 3.0,
-    "stoc_sobirl_none": None,
-}
-FLOORS = {
-    "sobirl",
-    "stoc_sobirl_storm",
-    "stoc_sobirl_storm_lr",
-    "stoc_sobirl_average",
-    "stoc_sobirl_none",
-}
-"""Sampled methods at constant sample sizes and steps: their theorems' rates need
-growing sizes (SoBiRL: the exact outer expectation; Stoc-SoBiRL: growing D, E and
-L = O(log k)), so their curves here are noise/bias floors, not rates."""
+)  # fmt: skip
+BETA = 0.25  # the deterministic methods' shared step (checked against 1 / L_phi)
+SIZES = dict(num_samples=4, num_rollouts=1, rollout_length=10, inner_steps=3)
+CONSTANT_STEP = dict(learning_rate=0.5, schedule="inverse_cube_root", offset=10.0)
+CONSTANT_C = 20.0
+A = 0.5  # a of lr_k = a / (w + k)^{1/3} in the theorem configuration
+GROWTH = dict(sample_growth=1 / 3, growth_offset=300.0)
+RATES = {"deterministic": -1.0, "stochastic": -2.0 / 3.0}
 
 
-def methods(quick: bool):
-    stoc = dict(num_samples=4, num_rollouts=1, rollout_length=10, inner_steps=3)
-    if quick:
-        stoc = dict(num_samples=2, num_rollouts=1, rollout_length=4, inner_steps=2)
+def lipschitz_sq(problems, count=64, keys_per=4, delta=1e-3):
+    """Mean of ``‖ĝ(x0; Xi) - ĝ(x0 - δu; Xi)‖² / δ²`` (fixed samples) over the
+    first ``count`` instances and ``keys_per`` draws each: ``L̃²``."""
+    params = stoc_sobirl.Params(**SIZES)
+
+    def one(problem, key):
+        return stoc_sobirl.correction_sq_ratio(params, problem, problem.x0, key, delta)
+
+    subset = jax.tree.map(lambda a: a[:count], problems)
+    keys = jax.random.split(jax.random.key(7), (count, keys_per))
+    per_key = jax.vmap(lambda p, ks: jax.vmap(lambda k: one(p, k))(ks))
+    return float(jnp.mean(jax.jit(per_key)(subset, keys)))
+
+
+def smoothness(xs, grads):
+    """``L_phi``: the largest ``‖∇φ(x_{k+1}) - ∇φ(x_k)‖ / ‖x_{k+1} - x_k‖`` along
+    the exact iterates ``xs``, ``grads`` ``[B, K, n]``."""
+    dx = np.linalg.norm(np.diff(xs, axis=1), axis=-1)
+    dg = np.linalg.norm(np.diff(grads, axis=1), axis=-1)
+    keep = dx > 1e-9
+    return float(np.max(dg[keep] / dx[keep]))
+
+
+def exact_path(problems, K):
+    """Exact descent's iterates ``[B, K, n]`` and gradients ``[B, K, n]``."""
+
+    def one(problem):
+        reward_fn, upper = problem.bind()
+
+        def body(x, _):
+            g = hypergradient(upper, reward_fn, x, problem.mdp)
+            return x - BETA * g, (x, g)
+
+        return jax.lax.scan(body, problem.x0, None, length=K)[1]
+
+    return tuple(np.asarray(a) for a in jax.jit(jax.vmap(one))(problems))
+
+
+def theorem_steps(l_sq):
+    """``(a, w, c)``: ``c = 8 L̃²`` (rounded up), ``w`` with ``eta_0 = c lr_0² <= 1``."""
+    c = float(math.ceil(8 * l_sq))
+    w = max(10.0, math.ceil((c * A**2) ** 1.5))
+    return A, w, c
+
+
+def methods(config, K, steps):
+    sizes = SIZES
+    if config == "theorem":
+        sgd = Optimizer(learning_rate=BETA)
+        a, w, c = steps
+        lr = Optimizer(learning_rate=a, schedule="inverse_cube_root", offset=w)
+        stoc = dict(optimizer=lr, momentum_scale=c, schedule_iters=K, **GROWTH, **sizes)
+        return {
+            "exact": exact.make(optimizer=sgd),
+            "m_sobirl": m_sobirl.make(
+                optimizer=sgd, zeta=0.5, inner_steps=3, w0="zeros"
+            ),
+            "sobirl_deterministic": sobirl.make(
+                optimizer=sgd, num_samples=None, inner_steps=3
+            ),
+            "stoc_sobirl_storm": stoc_sobirl.make(momentum="storm", **stoc),
+            "stoc_sobirl_average": stoc_sobirl.make(momentum="average", **stoc),
+            "stoc_sobirl_none": stoc_sobirl.make(momentum="none", **stoc),
+        }
+    stoc = dict(optimizer=Optimizer(**CONSTANT_STEP), momentum_scale=CONSTANT_C)
+    stoc.update(sizes)
     return {
-        "exact": exact.make(optimizer=SGD),
-        "m_sobirl": m_sobirl.make(optimizer=SGD, zeta=0.5, inner_steps=3, w0="zeros"),
-        "sobirl": sobirl.make(optimizer=SGD, num_samples=8, inner_steps=3),
+        "sobirl": sobirl.make(
+            optimizer=Optimizer(learning_rate=BETA), num_samples=8, inner_steps=3
+        ),
         "stoc_sobirl_storm": stoc_sobirl.make(momentum="storm", **stoc),
         "stoc_sobirl_storm_lr": stoc_sobirl.make(
             momentum="storm", sample_reuse="likelihood_ratio", **stoc
@@ -97,113 +156,168 @@ def methods(quick: bool):
 def rate_curves(grad_norms: np.ndarray, grid: np.ndarray):
     """Batch means of avg_sq(K) and min_sq(K) for K in ``grid``."""
     sq = grad_norms.astype(np.float64) ** 2  # [B, K]
-    csum = np.cumsum(sq, axis=1)
-    cmin = np.minimum.accumulate(sq, axis=1)
-    avg = csum[:, grid - 1] / grid
-    mins = cmin[:, grid - 1]
-    return avg.mean(0), mins.mean(0), np.median(avg, 0), np.median(mins, 0)
+    avg = np.cumsum(sq, axis=1)[:, grid - 1] / grid
+    mins = np.minimum.accumulate(sq, axis=1)[:, grid - 1]
+    return avg.mean(0), mins.mean(0)
 
 
-def fit_slope(grid, values, k_min=100):
-    keep = (grid >= k_min) & (values > 0)
-    return float(np.polyfit(np.log(grid[keep]), np.log(values[keep]), 1)[0])
+def fit_slope(x, values, keep):
+    keep = keep & (values > 0) & (x > 0)
+    return float(np.polyfit(np.log(x[keep]), np.log(values[keep]), 1)[0])
+
+
+def summarize(name, config, hist, grid, wall):
+    g = np.asarray(hist["exact_grad_norm"])
+    f = np.asarray(hist["exact_f"])
+    B = f.shape[0]
+    avg, mins = rate_curves(g, grid)
+    used = np.cumsum(np.asarray(hist["transitions"], np.float64), axis=1).mean(0)
+    kind = "stochastic" if name.startswith("stoc") else "deterministic"
+    rated = config == "theorem"
+    in_range = grid >= 100
+    res = {
+        "configuration": config,
+        "rate_is_floor": not rated,
+        "theory_rate": RATES[kind] if rated else None,
+        "wall_s_incl_compile": wall,
+        "all_finite": bool(np.all(hist["finite"])),
+        "f_initial_mean": float(f[:, 0].mean()),
+        "f_final_mean": float(f[:, -1].mean()),
+        "f_final_se": float(f[:, -1].std() / np.sqrt(B)),
+        "f_final": f[:, -1].tolist(),
+        "frac_f_decreased": float(np.mean(f[:, -1] < f[:, 0])),
+        "f_mean_curve": f.mean(0)[grid - 1].tolist(),
+        "avg_sq": avg.tolist(),
+        "min_sq": mins.tolist(),
+        "transitions_cumulative": used[grid - 1].tolist(),
+        "transitions_total": float(used[-1]),
+        "grad_norm_final_median": float(np.median(g[:, -1])),
+        "grad_norm_final_max": float(np.max(g[:, -1])),
+    }
+    if rated:
+        res["slope_avg_sq"] = fit_slope(grid, avg, in_range)
+        res["slope_min_sq"] = fit_slope(grid, mins, in_range)
+        if used[-1] > 0:
+            res["slope_avg_sq_vs_transitions"] = fit_slope(
+                used[grid - 1], avg, in_range
+            )
+    slope = f"slope {res['slope_avg_sq']:+.3f}" if rated else "floor"
+    harness.log(
+        f"{config:8s} {name:22s} {slope}  f {res['f_initial_mean']:.4f} -> "
+        f"{res['f_final_mean']:.4f} ± {res['f_final_se']:.4f} (decreased on "
+        f"{res['frac_f_decreased']:.1%})  ({wall:.1f} s)"
+    )
+    return res
+
+
+def paired(results, a, b):
+    """Mean and s.e. of the per-instance difference ``f_a - f_b`` at the end."""
+    d = np.asarray(results[a]["f_final"]) - np.asarray(results[b]["f_final"])
+    return {"mean": float(d.mean()), "se": float(d.std() / np.sqrt(d.size))}
 
 
 def main(argv=None):
     parser = harness.parser(__doc__)
     parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--theorem-batch", type=int, default=64)
     parser.add_argument("--iters", type=int, default=3000)
+    parser.add_argument("--configs", default="theorem,constant")
     args = parser.parse_args(argv)
     if args.quick:
-        args.batch, args.iters = 4, 120
-    # One XLA host device per core: the batch is sharded over the cores.
-    harness.set_host_devices(os.cpu_count() or 1)
+        args.batch, args.theorem_batch, args.iters = 4, 4, 120
+    harness.set_host_devices(os.cpu_count() or 1)  # the batch is sharded over cores
     bench = harness.Bench(NAME, args, argv)
-    B, K = args.batch, args.iters
-
-    keys = jax.random.split(jax.random.key(0), B)
-    problems = jax.vmap(lambda k: shaping_problem(k, **SUITE))(keys)
+    K = args.iters
     grid = np.unique(np.geomspace(10, K, 30).astype(int))
+    keys = jax.random.split(jax.random.key(0), args.batch)
+    problems = jax.vmap(lambda k: shaping_problem(k, **SUITE))(keys)
 
-    results = {}
-    for name, solver in methods(args.quick).items():
-        wall, _, (_, hist) = harness.once(
-            lambda solver=solver: run(solver, problems, keys, K)
-        )
-        g = np.asarray(hist["exact_grad_norm"])
-        f = np.asarray(hist["exact_f"])
-        avg, mins, avg_med, mins_med = rate_curves(g, grid)
-        results[name] = {
-            "wall_s_incl_compile": wall,
-            "all_finite": bool(np.all(hist["finite"])),
-            "avg_sq": avg.tolist(),
-            "min_sq": mins.tolist(),
-            "avg_sq_median": avg_med.tolist(),
-            "min_sq_median": mins_med.tolist(),
-            "slope_avg_sq": fit_slope(grid, avg),
-            "slope_min_sq": fit_slope(grid, mins),
-            "theory_bound_slope": BOUNDS[name],
-            "rate_is_floor": name in FLOORS,
-            "f_initial_mean": float(f[:, 0].mean()),
-            "f_final_mean": float(f[:, -1].mean()),
-            "f_final_se": float(f[:, -1].std() / np.sqrt(B)),
-            "f_mean_curve": f.mean(0)[grid - 1].tolist(),
-            "frac_f_decreased": float(np.mean(f[:, -1] < f[:, 0])),
-            "transitions_per_iter": float(np.asarray(hist["transitions"]).mean()),
-            "grad_norm_final_median": float(np.median(g[:, -1])),
-        }
-        bench.log(
-            f"{name:22s} slope avg_sq {results[name]['slope_avg_sq']:+.3f} "
-            f"min_sq {results[name]['slope_min_sq']:+.3f} "
-            f"f {results[name]['f_initial_mean']:.4f} -> "
-            f"{results[name]['f_final_mean']:.4f} "
-            f"(decreased on {results[name]['frac_f_decreased']:.0%})  ({wall:.1f} s)"
-        )
+    l_sq = lipschitz_sq(problems, count=min(64, args.batch))
+    steps = theorem_steps(l_sq)
+    xs, grads = exact_path(jax.tree.map(lambda a: a[:64], problems), min(K, 500))
+    l_phi = smoothness(xs, grads)
+    harness.log(f"L̃² = {l_sq:.2f} -> (a, w, c) = {steps}; L_phi = {l_phi:.3f}")
 
+    results, configs = {}, args.configs.split(",")
+    for config in configs:
+        B = args.theorem_batch if config == "theorem" else args.batch
+        batch = jax.tree.map(lambda a: a[:B], problems)
+        for name, solver in methods(config, K, steps).items():
+            wall, _, (_, hist) = harness.once(
+                lambda solver=solver: run(solver, batch, keys[:B], K)
+            )
+            results[f"{config}/{name}"] = summarize(name, config, hist, grid, wall)
+
+    comparisons = {}
+    for config in configs:
+        storm = f"{config}/stoc_sobirl_storm"
+        for other in ("stoc_sobirl_none", "stoc_sobirl_average"):
+            if storm in results and f"{config}/{other}" in results:
+                comparisons[f"{config}: storm - {other}"] = paired(
+                    results, storm, f"{config}/{other}"
+                )
+    a, w, c = steps
     bench.result.update(
         {
             "suite": {
                 "generator": "bilevel_rl.suites.shaping_problem",
                 **SUITE,
-                "batch": B,
-                "seeds": "jax.random.split(key(0), batch)",
-            },
+                "seeds": "jax.random.split(key(0), batch): the first B instances",
+            },  # fmt: skip
+            "batch": {"constant": args.batch, "theorem": args.theorem_batch},
             "iters": K,
             "grid": grid.tolist(),
             "fit_range": [100, K],
-            "shared_beta": BETA,
+            "conditions": {
+                "beta": BETA,
+                "L_phi_measured": l_phi,
+                "beta_times_L_phi": BETA * l_phi,
+                "beta_rule": "beta <= 1 / L_phi (L_phi: largest ‖Δ∇φ‖/‖Δx‖ "
+                "along exact descent, 64 instances)",
+                "L_tilde_sq_measured": l_sq,
+                "a": a,
+                "w": w,
+                "c": c,
+                "c_rule": "c >= 8 L̃² (STORM's correction error L̃²‖d‖²/c <= ‖d‖²/8)",
+                "eta_0": c * (a / w ** (1 / 3)) ** 2,
+                "schedule": {**GROWTH, "schedule_iters": K, **SIZES},
+                "sizes_at_K": stoc_sobirl.sample_sizes(
+                    stoc_sobirl.Params(**GROWTH, schedule_iters=K, **SIZES), K, np
+                ),
+                "constant": {"step": CONSTANT_STEP, "c": CONSTANT_C, **SIZES},
+            },  # fmt: skip
+            "storm_vs_others_f_final": comparisons,
             "methods": results,
         }
     )
-    bench.save(plot(grid, results, B), dpi=120)
+    bench.save(plot(grid, results), dpi=120)
 
 
-def plot(grid, results, B):
-    """avg_sq(K) and min_sq(K) of every method, with the K^-1 and K^-2/3 rates."""
+def plot(grid, results):
+    """avg_sq vs K and vs transitions, and the exact f, for every method."""
     plt = harness.pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4))
-    for ax, key, title in (
-        (axes[0], "avg_sq", "(1/K) Σ_k ‖∇φ(x_k)‖²"),
-        (axes[1], "min_sq", "min_k ‖∇φ(x_k)‖²"),
-    ):
-        for name, res in results.items():
-            what = "floor" if res["rate_is_floor"] else "slope"
-            label = f"{name} ({what} fit {res['slope_' + key]:+.2f})"
-            ax.loglog(grid, res[key], label=label, ls="--" if what == "floor" else "-")
-        ref = np.asarray(results["exact"][key])
-        ax.loglog(grid, ref[0] * (grid / grid[0]) ** -1.0, "k:", lw=1, label="K^-1")
-        ax.loglog(
-            grid, ref[0] * (grid / grid[0]) ** (-2 / 3), "k--", lw=1, label="K^-2/3"
-        )
-        ax.set_xlabel("K")
-        ax.set_title(title + f", mean over {B} instances")
-        ax.legend(fontsize=7)
-    for name, res in results.items():
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.5))
+    colors = plt.cm.tab20(np.arange(len(results)) % 20)
+    for color, (name, res) in zip(colors, results.items()):
+        floor = res["rate_is_floor"]
+        fit = "floor" if floor else f"slope {res['slope_avg_sq']:+.2f}"
+        style = dict(ls="--" if floor else "-", color=color, label=f"{name} ({fit})")
+        axes[0].loglog(grid, res["avg_sq"], **style)
+        if res["transitions_total"] > 0:
+            axes[1].loglog(res["transitions_cumulative"], res["avg_sq"], **style)
         label = f"{name} ({res['frac_f_decreased']:.0%} decreased)"
-        axes[2].semilogx(grid, res["f_mean_curve"], label=label)
-    axes[2].set_xlabel("k")
-    axes[2].set_title("mean exact f(x_k, π*)")
-    axes[2].legend(fontsize=7)
+        axes[2].semilogx(
+            grid, res["f_mean_curve"], ls=style["ls"], color=color, label=label
+        )
+    ref = next(r["avg_sq"][0] for r in results.values())
+    for rate, ls in ((-1.0, "k:"), (-2 / 3, "k-.")):
+        reference = ref * (grid / grid[0]) ** rate
+        axes[0].loglog(grid, reference, ls, lw=1, label=f"K^{rate:.2f}")
+    axes[0].set(xlabel="K", title="(1/K) Σ_k ‖∇φ(x_k)‖² (dashed: floors)")
+    axes[1].set(xlabel="transitions used", title="(1/K) Σ_k ‖∇φ(x_k)‖² vs samples")
+    axes[2].set(xlabel="k", title="mean exact f(x_k, π*)")
+    for ax in axes:
+        ax.legend(fontsize=6)
     fig.tight_layout()
     return fig
 

@@ -254,11 +254,24 @@ class HypergradientSamples(NamedTuple):
             ``L`` from each visited ``(s_t, a_t)`` (first action forced).
         v_rollouts: fields ``[D, m, H, E, L]``: ``E`` rollouts from each visited
             ``s_t`` (first action drawn from the policy).
+        sizes: ``None`` (every stored draw is used) or ``[3]`` int32
+            ``(D_k, E_k, L_k)``, at most ``(D, E, L)``: the estimate uses the first
+            ``D_k`` tuples, the first ``E_k`` rollouts of each pair and their first
+            ``L_k`` steps — a growing sampling schedule under static shapes.
     """
 
     tuples: Trajectories
     q_rollouts: Trajectories
     v_rollouts: Trajectories
+    sizes: Array | None = None
+
+    def num_transitions(self) -> Array | int:
+        """Transitions the estimate uses: ``D m H (1 + 2 E L)`` — the tuples' steps
+        and both rollout sets, at the used sizes."""
+        D, m, H, E, L = self.q_rollouts.states.shape[-5:]
+        if self.sizes is not None:
+            D, E, L = self.sizes[0], self.sizes[1], self.sizes[2]
+        return D * m * H * (1 + 2 * E * L)
 
 
 def draw_hypergradient_samples(
@@ -273,6 +286,7 @@ def draw_hypergradient_samples(
     num_trajectories: int = 1,
     upper_mdp: TabularMDP | None = None,
     common_random_numbers: bool = True,
+    sizes: Array | None = None,
 ) -> HypergradientSamples:
     """Draws the samples ``Xi`` of one Algorithm-3 estimate under ``policy``.
 
@@ -280,15 +294,17 @@ def draw_hypergradient_samples(
     ``E`` rollouts of length ``L`` in ``M`` under ``pi`` from ``(s_t, a_t)``
     (``dQ^``) and ``E`` from ``s_t`` with ``a_0 ~ pi`` (``dV^``).
     ``common_random_numbers`` couples the ``dQ^``/``dV^`` rollouts of a visited
-    pair (same mean, less variance). Sizes are static.
+    pair (same mean, less variance). Sizes are static; ``sizes`` (``[3]`` int32,
+    traced, at most ``(D, E, L)``) makes the estimate use only the first
+    ``(D_k, E_k, L_k)`` of them (:class:`HypergradientSamples`).
 
     Raises:
         ValueError: a size not an int ``>= 1``, or shapes that do not fit ``mdp``.
     """
     upper_mdp = check_mdps(mdp, upper_mdp, policy)
     names = ("horizon", "num_trajectories", "num_samples")
-    sizes = (horizon, num_trajectories, num_samples)
-    H, m, D = (check_count(name, v) for name, v in zip(names, sizes))
+    static = (horizon, num_trajectories, num_samples)
+    H, m, D = (check_count(name, v) for name, v in zip(names, static))
     E = check_count("num_rollouts", num_rollouts)
     L = check_count("rollout_length", rollout_length)
     key_outer, key_inner = jax.random.split(key)
@@ -300,7 +316,7 @@ def draw_hypergradient_samples(
     key_v = key_q if common_random_numbers else key_v
     q_roll = rollout_from(key_q, mdp, policy, starts, first, horizon=L)
     v_roll = rollout_from(key_v, mdp, policy, starts, None, horizon=L)
-    return HypergradientSamples(tuples, q_roll, v_roll)
+    return HypergradientSamples(tuples, q_roll, v_roll, sizes)
 
 
 def samples_log_ratio(
@@ -311,7 +327,8 @@ def samples_log_ratio(
     Returns:
         ``(tuple [D], q [D, m, H, E], v [D, m, H, E])``: per tuple (all its
         actions), per ``dQ^`` rollout (actions after the forced first one) and per
-        ``dV^`` rollout (all its actions).
+        ``dV^`` rollout (all its actions); rollouts count their first ``L_k``
+        steps when ``samples.sizes`` is set.
     """
 
     def log_ratio(states, actions):
@@ -319,9 +336,12 @@ def samples_log_ratio(
 
     t = samples.tuples
     q, v = samples.q_rollouts, samples.v_rollouts
+    steps = jnp.ones(q.states.shape[-1], target.dtype)  # the rollout steps used
+    if samples.sizes is not None:
+        steps = (jnp.arange(steps.size) < samples.sizes[2]).astype(target.dtype)
     tuple_lr = jnp.sum(log_ratio(t.states, t.actions), axis=(-2, -1))
-    q_lr = jnp.sum(log_ratio(q.states[..., 1:], q.actions[..., 1:]), axis=-1)
-    v_lr = jnp.sum(log_ratio(v.states, v.actions), axis=-1)
+    q_lr = jnp.sum(log_ratio(q.states[..., 1:], q.actions[..., 1:]) * steps[1:], -1)
+    v_lr = jnp.sum(log_ratio(v.states, v.actions) * steps, axis=-1)
     return tuple_lr, q_lr, v_lr
 
 
@@ -364,10 +384,21 @@ def evaluate_hypergradient_samples(
     D, E, L = losses.shape[0], q_roll.states.shape[-2], q_roll.states.shape[-1]
     dtype = mdp.P.dtype
     discounts = jnp.cumprod(jnp.full((L,), mdp.gamma, dtype).at[0].set(1.0))
-    scale = losses.astype(dtype) / (D * E * mdp.tau)
-    weights = scale[:, None, None, None, None] * discounts  # [D, 1, 1, 1, L]
+    if samples.sizes is None:
+        scale = losses.astype(dtype) / (D * E * mdp.tau)
+        weights = scale[:, None, None, None, None] * discounts  # [D, 1, 1, 1, L]
+        outer = jnp.full((D,), 1.0 / D, dtype)
+        mean_loss = jnp.mean(losses)
+    else:  # the first (D_k, E_k, L_k) draws only
+        used = [jnp.arange(n) < size for n, size in zip((D, E, L), samples.sizes)]
+        tuple_mask, rollout_mask, step_mask = (u.astype(dtype) for u in used)
+        D_k, E_k = (size.astype(dtype) for size in samples.sizes[:2])
+        outer = tuple_mask / D_k
+        scale = losses.astype(dtype) * outer / (E_k * mdp.tau)
+        per_rollout = rollout_mask[:, None] * (discounts * step_mask)  # [E, L]
+        weights = scale[:, None, None, None, None] * per_rollout
+        mean_loss = jnp.sum(losses * outer.astype(losses.dtype))
     weights = jnp.broadcast_to(weights, q_roll.states.shape)  # [D, m, H, E, L]
-    outer = jnp.full((D,), 1.0 / D, dtype)
     if reweight is None:
         signed = jnp.stack([weights, -weights])  # dQ^ rollouts minus dV^ ones
     else:
@@ -384,7 +415,7 @@ def evaluate_hypergradient_samples(
     states, actions = (jnp.stack([q, v]) for q, v in zip(q_roll[:2], v_roll[:2]))
     visits = _visit_table(states, actions, signed, *mdp.P.shape[-3:-1])
     grad = pullback(outer, visits)
-    return (jnp.mean(losses), grad) if with_value else grad
+    return (mean_loss, grad) if with_value else grad
 
 
 def sampled_hypergradient(

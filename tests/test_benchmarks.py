@@ -57,7 +57,20 @@ def _time_to_solution(result):
         assert cell["policy_iteration"]["iterations_max"] <= 10
 
 
-HEADLINES = {"time_to_solution": _time_to_solution}
+def _convergence_rates(result):
+    """Methods that claim descent lower the exact f on >= 90% of instances; only
+    the theorem configuration's curves carry a fitted slope (the rest are floors)."""
+    for name, rec in result["methods"].items():
+        assert rec["all_finite"], name
+        assert ("slope_avg_sq" in rec) == (not rec["rate_is_floor"]), name
+    for name in ("theorem/exact", "theorem/sobirl_deterministic"):
+        assert result["methods"][name]["frac_f_decreased"] >= 0.9, name
+
+
+HEADLINES = {
+    "convergence_rates": _convergence_rates,
+    "time_to_solution": _time_to_solution,
+}
 """Per script, assertions on the direction of its headline numbers (not timings:
 a --quick run on a shared machine is too short and too noisy for those)."""
 

@@ -5,6 +5,8 @@ the samples held fixed (and with likelihood-ratio weights) ``E‖Δĝ‖² / δ�
 grow as ``δ`` shrinks (a key re-draw at the previous point made it grow like
 ``1/δ``). (b) At matched samples per iteration, STORM's direction error
 ``E‖d_k - ∇φ(x_k)‖²`` is below the no-momentum estimator's after a burn-in.
+(c) The growing sampling schedule (the theorem's configuration) uses exactly the
+first ``(D_k, E_k, L_k)`` of its static draws and counts them.
 """
 
 import functools
@@ -17,6 +19,7 @@ import pytest
 from bilevel_rl import hypergradient, suites
 from bilevel_rl.algorithms import stoc_sobirl
 from bilevel_rl.algorithms.follower import PolicyFollower, best_response
+from bilevel_rl.estimators import HypergradientSamples
 
 TINY = dict(num_states=4, num_actions=2, dim=3, horizon=3, gamma=0.8, tau=0.7)
 SIZES = dict(num_samples=2, num_rollouts=1, inner_steps=3)
@@ -34,21 +37,10 @@ def sq_change_fn(reuse):
     ``reuse="likelihood_ratio"`` the previous point's term is weighted by
     ``pi*_{x-δu} / pi*_x``."""
     prob = problem()
-    split = stoc_sobirl.split_estimator(stoc_sobirl.Params(rollout_length=4, **SIZES))
+    params = stoc_sobirl.Params(rollout_length=4, **SIZES)
 
     def one(key, delta):
-        k_u, k_xi = jax.random.split(key)
-        u = jax.random.normal(k_u, prob.x0.shape)
-        x, x_prev = prob.x0, prob.x0 - delta * u / jnp.linalg.norm(u)
-        now, prev = (
-            PolicyFollower(best_response(prob.mdp, prob.reward(z)).policy)
-            for z in (x, x_prev)
-        )
-        samples = split.draw(now, prob, x, k_xi)
-        _, g = split.evaluate(samples, prob, x, None)
-        reweight = (prev, now) if reuse == "likelihood_ratio" else None
-        _, g_prev = split.evaluate(samples, prob, x_prev, reweight)
-        return jnp.sum((g - g_prev) ** 2) / delta**2
+        return stoc_sobirl.correction_sq_ratio(params, prob, prob.x0, key, delta, reuse)
 
     return jax.jit(jax.vmap(one, in_axes=(0, None)))
 
@@ -113,3 +105,75 @@ def test_transitions_count_every_drawn_step():
     prob = problem()
     _, metrics = solver.step(solver.init(prob, jax.random.key(0)), prob)
     assert float(metrics["transitions"]) == D * m * H * (1 + 2 * E * L)
+
+
+def test_sample_schedule_grows_from_the_constant_sizes_and_stops_at_its_horizon():
+    base = dict(num_samples=4, num_rollouts=2, rollout_length=10)
+    constant = stoc_sobirl.Params(**base)
+    assert stoc_sobirl.sample_sizes(constant, 10**6, np) == (4, 2, 10)
+    params = stoc_sobirl.Params(**base, sample_growth=1 / 3, schedule_iters=3000)
+    ks = [0, 1, 50, 100, 999, 3000, 10**5]
+    sizes = np.array([stoc_sobirl.sample_sizes(params, k, np) for k in ks])
+    traced = jax.jit(jax.vmap(lambda k: stoc_sobirl.sample_sizes(params, k)))
+    np.testing.assert_array_equal(traced(jnp.asarray(ks, jnp.int32)), sizes)
+    np.testing.assert_array_equal(sizes[0], (4, 2, 10))
+    assert np.all(np.diff(sizes, axis=0) >= 0)
+    growth = (1 + 3000 / 100) ** (1 / 3)  # k_0 = 100: D_K = floor(D (1 + K/k_0)^p)
+    expected = (int(4 * growth), int(2 * growth), int(10 * (1 + np.log(31) / 3)))
+    np.testing.assert_array_equal(sizes[-2], expected)
+    np.testing.assert_array_equal(sizes[-1], sizes[-2])
+    with pytest.raises(ValueError, match="schedule_iters: required"):
+        stoc_sobirl.Params(sample_growth=0.5)
+
+
+def _sliced(samples: HypergradientSamples, D, E, L) -> HypergradientSamples:
+    """The first ``D`` tuples, ``E`` rollouts and ``L`` rollout steps, as arrays."""
+    tuples = jax.tree.map(lambda a: a[:D], samples.tuples)
+    cut = lambda a: a[:D, ..., :E, :L] if a.ndim == 5 else a[:D, ..., :E]  # noqa: E731
+    q, v = (jax.tree.map(cut, r) for r in (samples.q_rollouts, samples.v_rollouts))
+    return HypergradientSamples(tuples, q, v)
+
+
+@pytest.mark.parametrize("reweight", [False, True])
+def test_scheduled_estimate_equals_the_estimate_on_the_first_draws(reweight):
+    prob = problem()
+    params = stoc_sobirl.Params(num_samples=5, num_rollouts=3, rollout_length=6)
+    split = stoc_sobirl.split_estimator(params)
+    now, prev = (
+        PolicyFollower(best_response(prob.mdp, prob.reward(z)).policy)
+        for z in (prob.x0, 0.5 * prob.x0)
+    )
+    full = jax.jit(split.draw)(now, prob, prob.x0, jax.random.key(3), 0)
+    masked = full._replace(sizes=jnp.asarray([2, 2, 4], jnp.int32))
+    weights = (prev, now) if reweight else None
+    evaluate = jax.jit(lambda samples: split.evaluate(samples, prob, prob.x0, weights))
+    f_mask, g_mask = evaluate(masked)
+    f_cut, g_cut = evaluate(_sliced(full, 2, 2, 4))
+    np.testing.assert_allclose(f_mask, f_cut, rtol=1e-12)
+    np.testing.assert_allclose(g_mask, g_cut, rtol=1e-10, atol=1e-12)
+    assert masked.num_transitions() == _sliced(full, 2, 2, 4).num_transitions()
+    # every size at its static value: the unmasked estimate
+    same = full._replace(sizes=jnp.asarray([5, 3, 6], jnp.int32))
+    np.testing.assert_allclose(
+        evaluate(same)[1], evaluate(full)[1], rtol=1e-10, atol=1e-12
+    )
+
+
+def test_scheduled_solver_counts_the_transitions_it_uses():
+    m, H = 1, TINY["horizon"]
+    params = dict(
+        num_samples=2, num_rollouts=1, rollout_length=3, sample_growth=1.0,
+        growth_offset=0.5, schedule_iters=4, inner_steps=1, track_exact=False,
+    )  # fmt: skip
+    solver = stoc_sobirl.make(**params)
+    prob = problem()
+    state = solver.init(prob, jax.random.key(0))
+    step = jax.jit(solver.step)
+    counts = []
+    for _ in range(6):
+        state, metrics = step(state, prob)
+        counts.append(float(metrics["transitions"]))
+    p = stoc_sobirl.Params(**params)
+    sizes = [stoc_sobirl.sample_sizes(p, k, np) for k in range(6)]
+    assert [D * m * H * (1 + 2 * E * L) for D, E, L in sizes] == counts
+    assert counts[0] < counts[-1] and counts[-1] == counts[-2]  # grows, then stops

@@ -37,8 +37,10 @@ REUSE = ("fixed", "likelihood_ratio")
 AlignFn = Callable[[FollowerState, Any, PyTree], tuple[FollowerState, Array]]
 """``align(follower, problem, x) -> (follower, inner_residual)``."""
 
-DrawFn = Callable[[FollowerState, Any, PyTree, Array], Any]
-"""``draw(follower, problem, x, key) -> samples`` (a pytree of stored draws)."""
+DrawFn = Callable[[FollowerState, Any, PyTree, Array, Array], Any]
+"""``draw(follower, problem, x, key, k) -> samples`` at iteration ``k`` (``[]``
+int32, for a sampling schedule): a pytree of stored draws with a
+``num_transitions()`` method (the transitions the estimate uses)."""
 
 EvaluateFn = Callable[
     [Any, Any, PyTree, tuple[FollowerState, FollowerState] | None],
@@ -77,35 +79,59 @@ class MomentumState(NamedTuple):
     k: Array
 
 
-def num_transitions(samples) -> int:
-    """Transitions drawn in ``samples``: the size of every ``states`` field (one
-    ``(s_t, a_t) -> s_{t+1}`` per entry) of the trajectories it holds."""
-    leaves = jax.tree_util.tree_leaves_with_path(samples)
-    return sum(
-        leaf.size for path, leaf in leaves if getattr(path[-1], "name", "") == "states"
-    )
+def correction_sq_ratio(
+    split: SplitEstimator,
+    problem,
+    followers: tuple[FollowerState, FollowerState],
+    points: tuple[PyTree, PyTree],
+    key: Array,
+    reuse: str = "fixed",
+) -> Array:
+    """``‖ĝ(x; Xi) - ĝ(x'; Xi)‖² / ‖x - x'‖²`` for ``Xi`` drawn once at ``x``.
+
+    The mean of this ratio over keys is ``L̃²``, the mean-square Lipschitz constant
+    of the estimator for fixed samples (the paper's Lemma I.4) that STORM's
+    correction relies on: its share of the direction's error is about
+    ``L̃² ‖d‖² / c`` for ``eta = c lr²`` (docs/math.md §5), so ``c`` must be large
+    against it.
+
+    Args:
+        split: the sampled estimator.
+        problem: one problem.
+        followers: ``(now, prev)`` followers at ``x`` and ``x'`` (``now`` draws).
+        points: ``(x, x')``.
+        key: the key of the draw.
+        reuse: ``"fixed"`` or ``"likelihood_ratio"`` (as in :func:`storm`).
+
+    Returns:
+        ``[]`` the ratio.
+    """
+    (now, prev), (x, x_prev) = followers, points
+    samples = split.draw(now, problem, x, key, jnp.asarray(0, jnp.int32))
+    _, g = split.evaluate(samples, problem, x, None)
+    reweight = (prev, now) if reuse == "likelihood_ratio" else None
+    _, g_prev = split.evaluate(samples, problem, x_prev, reweight)
+    diff = jax.tree.map(jnp.subtract, g, g_prev)
+    step = jax.tree.map(jnp.subtract, x, x_prev)
+    return tree_norm(diff) ** 2 / tree_norm(step) ** 2
 
 
-def _estimate_now(split, follower, problem, x, key):
+def _estimate_now(split, follower, problem, x, key, k):
     inner, change = split.align(follower, problem, x)
-    samples = split.draw(inner, problem, x, key)
+    samples = split.draw(inner, problem, x, key, k)
     f, g_hat = split.evaluate(samples, problem, x, None)
     metrics = {
         "f": f,
         "inner_residual": change,
-        "transitions": jnp.asarray(num_transitions(samples), f.dtype),
+        "transitions": jnp.asarray(samples.num_transitions(), f.dtype),
     }
     return inner, samples, g_hat, metrics
 
 
 def plain(split: SplitEstimator) -> Estimator:
-    """``align``, ``draw`` and ``evaluate``: the estimate itself, no momentum."""
-
-    def estimate(follower, problem, x, key):
-        follower, _, g, metrics = _estimate_now(split, follower, problem, x, key)
-        return g, follower, metrics
-
-    return Estimator(split.init, estimate)
+    """``align``, ``draw`` and ``evaluate``: the estimate itself, no momentum
+    (``d_k = ĝ_k``; the state keeps ``k`` for the sampling schedule)."""
+    return _momentum(split, None, None, None, None)
 
 
 def _momentum(split, combine, step_size, scale, reuse) -> Estimator:
@@ -117,7 +143,11 @@ def _momentum(split, combine, step_size, scale, reuse) -> Estimator:
         return MomentumState(inner, x0, zeros, one, k)
 
     def estimate(state: MomentumState, problem, x, key):
-        inner, samples, g_hat, own = _estimate_now(split, state.inner, problem, x, key)
+        inner, samples, g_hat, own = _estimate_now(
+            split, state.inner, problem, x, key, state.k
+        )
+        if combine is None:  # plain: x_prev, d and weight stay as initialized
+            return g_hat, state._replace(inner=inner, k=state.k + 1), own
         g_prev = None
         if reuse is not None:  # the same samples Xi_k at the previous point
             reweight = (state.inner, inner) if reuse == "likelihood_ratio" else None

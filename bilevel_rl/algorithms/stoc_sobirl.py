@@ -5,7 +5,10 @@ Per outer iteration ``k`` (docs/math.md §5):
 1. ``pi_k``: ``N`` warm-started PMD steps toward ``pi*_{x_k}`` (as in SoBiRL);
 2. ``ĝ(x_k, pi_k; Xi_k)``: Algorithm 3 with ``D`` tuples, ``E`` generative rollouts
    of length ``L`` per visited pair
-   (:func:`bilevel_rl.estimators.sampled_hypergradient`) **[reconstructed symbols]**;
+   (:func:`bilevel_rl.estimators.sampled_hypergradient`) **[reconstructed symbols]**
+   — constant sizes, or the growing schedule ``(D_k, E_k, L_k)`` of
+   :func:`sample_sizes` (``sample_growth = 1/3``: the theorem's configuration);
+   the metric ``transitions`` counts the transitions each estimate uses;
 3. momentum (:mod:`bilevel_rl.algorithms.momentum`): STORM (``momentum="storm"``)
    **[reconstructed; corrected]** — ``Xi_k`` drawn once at ``(x_k, pi_k)`` and the
    same stored trajectories re-evaluated at ``x_{k-1}`` (``sample_reuse="fixed"``)
@@ -24,11 +27,16 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
 from bilevel_rl.algorithms import momentum as mom
 from bilevel_rl.algorithms.base import Solver, build_solver
 from bilevel_rl.algorithms.follower import (
     PolicyFollower,
     align_policy,
+    best_response,
     check_trajectory_problem,
     init_policy_follower,
 )
@@ -38,6 +46,7 @@ from bilevel_rl.algorithms.params import (
     choice,
     count,
     flag,
+    nonnegative,
     option,
     optional,
     positive,
@@ -94,6 +103,20 @@ class Params:
     num_samples: int = option(8, "D trajectory tuples per estimate", count)
     num_rollouts: int = option(4, "E generative rollouts per visited pair", count)
     rollout_length: int = option(20, "L steps per rollout (bias O(gamma^L))", count)
+    sample_growth: float = option(
+        0.0,
+        "p of the sampling schedule: D_k, E_k = floor((D, E) (1 + k/growth_offset)^p)"
+        ", L_k = floor(L (1 + p log(1 + k/growth_offset))) (0: constant D, E, L; "
+        "1/3: the theorem's configuration)",
+        nonnegative,
+    )
+    growth_offset: float = option(100.0, "k_0 of the sampling schedule", positive)
+    schedule_iters: int | None = option(
+        None,
+        "K: the sampling schedule stops growing at k = K (its sizes there are the "
+        "static shapes); required when sample_growth > 0",
+        optional(count),
+    )
     inner_steps: int = option(10, "N PMD steps per iteration", count)
     policy_step: float = option(
         float("inf"), "PMD step of the follower (inf: soft policy iteration)",
@@ -103,12 +126,53 @@ class Params:
 
     def __post_init__(self):
         validate(self)
+        if self.sample_growth > 0 and self.schedule_iters is None:
+            raise ValueError(
+                "schedule_iters: required when sample_growth > 0 (the schedule's "
+                "largest sizes, at k = schedule_iters, fix the static shapes)"
+            )
         if self.momentum != "none" and not isinstance(self.optimizer, Optimizer):
             raise ValueError(
                 "optimizer: the momentum schedule reads the step size, so it must "
                 "be an Optimizer (name, learning_rate, schedule), not an optax "
                 "transformation"
             )
+
+
+def sample_sizes(params: Params, k, xp=jnp):
+    """``(D_k, E_k, L_k)`` of the sampling schedule at iteration ``k``.
+
+    ``t = min(k, K) / k_0``; ``D_k = floor(D (1 + t)^p)``, ``E_k = floor(E (1 + t)^p)``,
+    ``L_k = floor(L (1 + p log(1 + t)))`` (``p = sample_growth``, ``k_0 =
+    growth_offset``, ``K = schedule_iters``). With ``p = 1/3`` the sampled
+    direction's variance (``O(1/(D_k))`` for the tuples, ``O(1/(D_k E_k))`` for the
+    rollouts) falls like ``k^{-1/3}``, the step ``lr_k``, and its ``gamma^{L_k}`` bias
+    at least as fast: the order at which plain SGD with ``lr_k ~ k^{-1/3}`` reaches
+    ``(1/K) sum_k ‖∇φ(x_k)‖² = Õ(K^{-2/3})``. The paper's Theorem 7.7 says only
+    "appropriate sampling configurations" with ``D``, ``E`` growing and
+    ``L = O(log(1/eps))`` (its explicit sizes are lost) — **[reconstructed]**,
+    docs/math.md §5.
+
+    Args:
+        params: the options (``p = 0``: the constant ``(D, E, L)``).
+        k: ``[]`` iteration (traced, with ``xp = jax.numpy``) or an int
+            (``xp = numpy``: the static largest sizes at ``k = K``).
+
+    Returns:
+        ``[3]`` int32 array (``jax.numpy``) or a tuple of ints (``numpy``).
+    """
+    base = (params.num_samples, params.num_rollouts, params.rollout_length)
+    if params.sample_growth == 0:
+        return xp.asarray(base, xp.int32) if xp is jnp else base
+    p = params.sample_growth
+    t = xp.minimum(k, params.schedule_iters) / params.growth_offset
+    growth = (1.0 + t) ** p
+    scales = (growth, growth, 1.0 + p * xp.log1p(t))
+    sizes = [xp.floor(n * scale) for n, scale in zip(base, scales)]
+    if xp is jnp:  # never above the static sizes, whatever the float rounding
+        top = jnp.asarray(sample_sizes(params, params.schedule_iters, np), jnp.int32)
+        return jnp.minimum(jnp.stack(sizes).astype(jnp.int32), top)
+    return tuple(int(n) for n in sizes)
 
 
 def split_estimator(params: Params) -> mom.SplitEstimator:
@@ -128,16 +192,19 @@ def split_estimator(params: Params) -> mom.SplitEstimator:
         )
         return PolicyFollower(pi), change
 
-    def draw(follower: PolicyFollower, problem, x, key):
+    top = sample_sizes(params, params.schedule_iters, np)  # the static shapes
+
+    def draw(follower: PolicyFollower, problem, x, key, k):
         return draw_hypergradient_samples(
             key,
             problem.mdp,
             follower.policy,
             horizon=problem.horizon,
             num_trajectories=problem.num_trajectories,
-            num_samples=params.num_samples,
-            num_rollouts=params.num_rollouts,
-            rollout_length=params.rollout_length,
+            num_samples=top[0],
+            num_rollouts=top[1],
+            rollout_length=top[2],
+            sizes=sample_sizes(params, k) if params.sample_growth > 0 else None,
         )
 
     def evaluate(samples, problem, x, reweight):
@@ -155,6 +222,27 @@ def split_estimator(params: Params) -> mom.SplitEstimator:
         )
 
     return mom.SplitEstimator(init, align, draw, evaluate)
+
+
+def correction_sq_ratio(
+    params: Params, problem, x, key, delta: float, reuse: str = "fixed"
+):
+    """:func:`~bilevel_rl.algorithms.momentum.correction_sq_ratio` of this estimator
+    between ``x`` and ``x - delta u`` (``u`` a random unit direction from ``key``),
+    with the followers at ``pi*`` of both points: one draw of ``L̃²``.
+
+    Returns:
+        ``[]`` ``‖ĝ(x; Xi) - ĝ(x - delta u; Xi)‖² / delta²``.
+    """
+    k_u, k_xi = jax.random.split(key)
+    u = jax.random.normal(k_u, jnp.shape(x), jnp.result_type(x))
+    points = (x, x - delta * u / jnp.linalg.norm(u))
+    followers = tuple(
+        PolicyFollower(best_response(problem.mdp, problem.reward(z)).policy)
+        for z in points
+    )
+    split = split_estimator(params)
+    return mom.correction_sq_ratio(split, problem, followers, points, k_xi, reuse)
 
 
 def estimator(params: Params) -> Estimator:
