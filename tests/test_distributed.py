@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 SCRIPT = textwrap.dedent(
     """
@@ -76,14 +77,13 @@ def two_processes(make_cmd, env=None):
 
 
 def test_sharded_equals_single_device_equals_chunked(tmp_path):
+    """7 instances over 2 processes x 2 devices (uneven, padded) == one device ==
+    chunked."""
     one = run_with_devices(1, tmp_path / "one.npz")
-    four = run_with_devices(4, tmp_path / "four.npz")
     path = tmp_path / "two_processes.npz"
     script = [sys.executable, "-c", SCRIPT, "2", str(path)]
     two_processes(lambda port, i: [*script, str(port), str(i)])
     two = dict(np.load(path))  # 2 processes x 2 devices
-    for key in one:
-        np.testing.assert_allclose(four[key], one[key], rtol=1e-12, atol=1e-12)
     assert sorted(two) == ["g2", "it3", "v3", "x2"]
     for key in two:
         np.testing.assert_allclose(two[key], one[key], rtol=1e-12, atol=1e-12)
@@ -96,6 +96,15 @@ def test_sharded_equals_single_device_equals_chunked(tmp_path):
     np.testing.assert_allclose(one["g2"], one["g1"], rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.slow  # three more processes than the test above, about 2 minutes
+def test_four_host_devices_in_one_process_equal_one_device(tmp_path):
+    one = run_with_devices(1, tmp_path / "one.npz")
+    four = run_with_devices(4, tmp_path / "four.npz")
+    for key in one:
+        np.testing.assert_allclose(four[key], one[key], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.slow  # three CLI processes, about 2 minutes on 2 cores
 def test_cli_distributed_run_equals_single_process(tmp_path):
     args = ["run", "--batch", "5", "--iterations", "6", "--log-every", "3",
             "--suite-param", "dim=4", "--quiet"]  # fmt: skip

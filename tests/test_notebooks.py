@@ -14,7 +14,20 @@ def test_every_notebook_is_listed():
     assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05"]
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+SLOW = {"02", "03"}
+"""Notebooks whose checks the fast suite makes anyway (three-way hyper-gradient
+checks: test_hypergrad.py; the AIHF bandit numbers: test_aihf.py): they execute
+with ``pytest -m slow`` to keep the CI run short."""
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(p, marks=pytest.mark.slow) if p.name[:2] in SLOW else p
+        for p in NOTEBOOKS
+    ],
+    ids=lambda p: p.stem,
+)
 def test_notebook_executes(path):
     nb = nbformat.read(path, as_version=4)
     NotebookClient(
