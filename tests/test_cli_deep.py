@@ -17,10 +17,12 @@ TINY = [
     "--checkpoint-every", "2", "--estimator", "branch", "--quiet",
     "--ppo", "num_envs=4", "--ppo", "num_steps=16", "--ppo", "num_minibatches=2",
     "--ppo", "update_epochs=1", "-p", "fragment_length=5", "-p", "buffer_size=16",
-    "-p", "reward_batch=8", "-p", "branch_length=3",
+    "-p", "reward_batch=8", "-p", "branch_length=3", "-p", "momentum=storm",
+    "-p", "momentum_weight=0.5",
 ]  # fmt: skip
 """4 iterations of 64 steps, 4 queries each; checkpoints after 2 and 4 (one
-compiled block of 2 iterations)."""
+compiled block of 2 iterations); deep Stoc-SoBiRL (STORM on the score term), so
+the resume also restores the momentum."""
 
 
 def test_outputs_and_a_resume_from_an_earlier_checkpoint(tmp_path):
@@ -34,6 +36,7 @@ def test_outputs_and_a_resume_from_an_earlier_checkpoint(tmp_path):
     ]  # fmt: skip
     cfg = json.loads((tiny / "config.json").read_text())
     assert cfg["env"] == "CartPole-v1" and cfg["rlhf"]["estimator"] == "branch"
+    assert cfg["rlhf"]["momentum"] == "storm"
     assert cfg["ppo"]["num_envs"] == 4
     with np.load(tiny / "metrics.npz") as m:
         metrics = dict(m)
@@ -76,6 +79,7 @@ def test_outputs_and_a_resume_from_an_earlier_checkpoint(tmp_path):
         (["--env-param", "speed=2"], "--env-param: CartPole-v1 has no parameter"),
         (["--steps", "10"], "--steps: 10 is less than one iteration"),
         (["--method", "rlhf"], "method: must be one of"),
+        (["--method", "drlhf", "-p", "momentum=storm"], "momentum: only method"),
     ],
 )
 def test_bad_input_exits_2_naming_the_setting(args, message, tmp_path, capsys):

@@ -117,6 +117,19 @@ def test_every_method_runs_and_counts_queries_and_steps(runs):
     assert not np.allclose(leaf[0], leaf[1])
 
 
+def test_storm_with_weight_one_is_plain_sobirl(runs):
+    """eta = 1 drops STORM's correction exactly: the run equals sobirl's bitwise
+    (the fixture's; STORM at eta < 1 runs in test_cli_deep.py)."""
+    params = rlhf.Params(method="sobirl", momentum="storm", momentum_weight=1.0,
+                         **SMALL)  # fmt: skip
+    fn = jax.jit(jax.vmap(lambda k: rlhf.train(k, *ENV, params, PPO, ITERS)))
+    state, metrics = fn(jax.random.split(jax.random.key(0), 2))
+    for name, value in runs["sobirl"][1].items():
+        np.testing.assert_array_equal(metrics[name], value, err_msg=name)
+    for a, b in zip(jax.tree.leaves(state.x), jax.tree.leaves(runs["sobirl"][0].x)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_two_stage_freezes_follower_then_reward(runs):
     state, metrics = runs["two_stage"]
     assert np.all(metrics["approx_kl"][:, : SMALL["stage_iterations"]] == 0)
@@ -135,6 +148,8 @@ def test_bad_input_is_named_before_compiling():
         rlhf.init(key, *ENV, rlhf.Params(method="two_stage", fragment_length=5), PPO, 2)
     with pytest.raises(ValueError, match="method: must be one of"):
         rlhf.Params(method="rlhf")
+    with pytest.raises(ValueError, match="momentum: only method 'sobirl'"):
+        rlhf.Params(method="drlhf", momentum="storm")
 
 
 def test_a_nan_reward_model_is_flagged():

@@ -16,7 +16,10 @@ they join a fixed-size buffer; then ``reward_steps`` AdamW steps on ``x`` with
   rollouts branched from the stored env states; ``"one_step"``), ``c_k`` ramped
   linearly from 0 to 1 over ``warmup`` iterations — deep SoBiRL (docs/math.md §4;
   the buffer replaces the on-policy expectation of (12), as every deep RLHF method
-  does);
+  does). ``momentum`` makes it deep Stoc-SoBiRL (docs/math.md §5): (13) becomes
+  ``d_k = ĝ_k + (1 - eta)(d_{k-1} - ĝ(x_{k-1}, pi_{k-1}; Xi_k))`` (``"storm"``, the
+  same fresh queries and branches re-evaluated at the previous reward and policy)
+  or ``(1 - eta) d_{k-1} + eta ĝ_k`` (``"average"``), ``d_0 = ĝ_0``;
 * ``"drlhf"``: (12) only — the same loop without the coupling term;
 * ``"two_stage"``: queries and reward steps in the first ``stage_iterations``
   only while the follower keeps its initial policy; then the reward is frozen and
@@ -47,6 +50,7 @@ from bilevel_rl.algorithms.params import (
     nonnegative,
     option,
     positive,
+    unit_interval,
     validate,
 )
 from bilevel_rl.deep import ppo
@@ -66,6 +70,7 @@ __all__ = [
     "Buffer",
     "Params",
     "RLHFState",
+    "ScoreMomentum",
     "init",
     "label_queries",
     "sample_queries",
@@ -76,6 +81,9 @@ __all__ = [
 
 METHODS = ("sobirl", "drlhf", "two_stage", "oracle")
 """What the leader does (module docstring)."""
+
+MOMENTUM = ("none", "storm", "average")
+"""Momentum on sobirl's score term (module docstring)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +118,12 @@ class Params:
     )
     normalize: bool = option(True, "divide each score by its valid steps", flag)
     warmup: int = option(0, "iterations over which c_k ramps 0 -> 1", at_least(0))
+    momentum: str = option(
+        "none",
+        "sobirl's score term: none, storm (fixed samples) or average",
+        choice(*MOMENTUM),
+    )
+    momentum_weight: float = option(0.1, "eta of the momentum (1: none)", unit_interval)
     ppo_updates: int = option(1, "follower rollouts + updates per iteration", count)
     stage_iterations: int = option(
         0, "two_stage: iterations of the preference stage", at_least(0)
@@ -117,6 +131,11 @@ class Params:
 
     def __post_init__(self):
         validate(self)
+        if self.momentum != "none" and self.method != "sobirl":
+            raise ValueError(
+                f"momentum: only method 'sobirl' has a score term to apply it to, "
+                f"got method {self.method!r}"
+            )
 
 
 class Buffer(NamedTuple):
@@ -133,6 +152,18 @@ class Buffer(NamedTuple):
     count: Array
 
 
+class ScoreMomentum(NamedTuple):
+    """The momentum of sobirl's score term (zeros while unused).
+
+    Attributes:
+        x_prev: ``x_{k-1}``, where ``ĝ_{k-1}`` was evaluated (a pytree like ``x``).
+        d: ``d_{k-1}`` (a pytree like ``x``).
+    """
+
+    x_prev: PyTree
+    d: PyTree
+
+
 class RLHFState(NamedTuple):
     """One seed's loop state.
 
@@ -143,6 +174,7 @@ class RLHFState(NamedTuple):
         buffer: :class:`Buffer`.
         key: PRNG key.
         queries: ``[]`` int32 queries labelled so far.
+        score: :class:`ScoreMomentum`.
     """
 
     follower: ppo.PPOState
@@ -151,6 +183,7 @@ class RLHFState(NamedTuple):
     buffer: Buffer
     key: PRNGKey
     queries: Array
+    score: ScoreMomentum
 
 
 def with_query_budget(params: Params, num_iterations: int, queries: int) -> Params:
@@ -265,7 +298,9 @@ def init(
     )
     buffer = Buffer(queries, jnp.zeros((B,), jnp.float32), jnp.zeros((), jnp.int32))
     opt_state = _reward_optimizer(params).init(x)
-    return RLHFState(follower, x, opt_state, buffer, key, jnp.zeros((), jnp.int32))
+    score = ScoreMomentum(x, jax.tree.map(jnp.zeros_like, x))
+    queries = jnp.zeros((), jnp.int32)
+    return RLHFState(follower, x, opt_state, buffer, key, queries, score)
 
 
 def _add(buffer: Buffer, queries: Fragments, labels: Array) -> Buffer:
@@ -355,6 +390,7 @@ def step(
     queries = state.queries + jnp.where(asking, Q, 0)
 
     explore = jax.tree.map(jnp.zeros_like, state.x)
+    score = state.score
     if params.method == "sobirl":
 
         def policy_fn(obs):
@@ -366,12 +402,18 @@ def step(
                 k_branch, env, env_params, policy_fn, fresh,
                 num_rollouts=params.branch_rollouts, length=params.branch_length,
             )  # fmt: skip
-        explore = exploration_gradient(
-            model.apply, state.x, fresh, labels, gamma=ppo_params.gamma,
-            tau=ppo_params.tau, estimator=params.estimator, branches=branches,
-            policy_fn=policy_fn, baseline=params.baseline,
-            normalize=params.normalize,
-        )  # fmt: skip
+
+        def score_term(x, policy_fn):
+            return exploration_gradient(
+                model.apply, x, fresh, labels, gamma=ppo_params.gamma,
+                tau=ppo_params.tau, estimator=params.estimator, branches=branches,
+                policy_fn=policy_fn, baseline=params.baseline,
+                normalize=params.normalize,
+            )  # fmt: skip
+
+        explore = score_term(state.x, policy_fn)
+        if params.momentum != "none":
+            explore, score = _momentum(params, iteration, state, explore, score_term)
         coef = jnp.minimum(1.0, (iteration + 1) / max(params.warmup, 1))
         explore = jax.tree.map(lambda g: coef.astype(g.dtype) * g, explore)
     filled = jnp.minimum(buffer.count, params.buffer_size)
@@ -401,7 +443,7 @@ def step(
         reward_step, (state.x, state.opt_state),
         jax.random.split(k_batch, params.reward_steps),
     )  # fmt: skip
-    state = RLHFState(follower, x, opt_state, buffer, key, queries)
+    state = RLHFState(follower, x, opt_state, buffer, key, queries, score)
     metrics |= {
         "queries": queries,
         "fresh_accuracy": accuracy,
@@ -409,6 +451,26 @@ def step(
         "score_norm": optax.tree.norm(explore),
     }
     return state, {**metrics, "finite": tree_finite((state.follower, state.x))}
+
+
+def _momentum(params: Params, iteration, state: RLHFState, g_now, score_term):
+    """``(d_k, ScoreMomentum)``: STORM or the moving average of the score term;
+    ``pi_{k-1}`` is the follower before this iteration's PPO updates."""
+    eta = params.momentum_weight
+    d_prev = state.score.d
+    if params.momentum == "storm":
+
+        def prev_policy(obs):
+            return ppo.policy(state.follower, obs)
+
+        g_prev = score_term(state.score.x_prev, prev_policy)
+        d = jax.tree.map(
+            lambda g, dp, gp: g + (1.0 - eta) * (dp - gp), g_now, d_prev, g_prev
+        )
+    else:
+        d = jax.tree.map(lambda g, dp: (1.0 - eta) * dp + eta * g, g_now, d_prev)
+    d = jax.tree.map(lambda g, u: jnp.where(iteration == 0, g, u), g_now, d)
+    return d, ScoreMomentum(state.x, d)
 
 
 def train(
