@@ -116,6 +116,17 @@ def correction_sq_ratio(
     return tree_norm(diff) ** 2 / tree_norm(step) ** 2
 
 
+def storm_direction(g: PyTree, d_prev: PyTree, g_prev: PyTree, eta) -> PyTree:
+    """STORM's ``d_k = ĝ_k + (1 - eta)(d_{k-1} - ĝ_{k-1})``, leafwise; ``g_prev``
+    is the estimate at the previous point on the samples of ``g``."""
+    return jax.tree.map(lambda g, d, gp: g + (1.0 - eta) * (d - gp), g, d_prev, g_prev)
+
+
+def average_direction(g: PyTree, d_prev: PyTree, eta) -> PyTree:
+    """The moving average ``d_k = (1 - eta) d_{k-1} + eta ĝ_k``, leafwise."""
+    return jax.tree.map(lambda g, d: (1.0 - eta) * d + eta * g, g, d_prev)
+
+
 def _estimate_now(split, follower, problem, x, key, k):
     inner, change = split.align(follower, problem, x)
     samples = split.draw(inner, problem, x, key, k)
@@ -183,10 +194,7 @@ def storm(
     if reuse not in REUSE:
         raise ValueError(f"reuse: must be one of {REUSE}, got {reuse!r}")
 
-    def combine(g, d, g_prev, eta):
-        return jax.tree.map(lambda g, d, gp: g + (1.0 - eta) * (d - gp), g, d, g_prev)
-
-    return _momentum(split, combine, step_size, scale, reuse)
+    return _momentum(split, storm_direction, step_size, scale, reuse)
 
 
 def moving_average(
@@ -199,7 +207,6 @@ def moving_average(
     """Moving average with ``eta_k`` from the schedule, or the constant ``weight``."""
 
     def combine(g, d, _, eta):
-        w = eta if weight is None else weight
-        return jax.tree.map(lambda g, d: (1.0 - w) * d + w * g, g, d)
+        return average_direction(g, d, eta if weight is None else weight)
 
     return _momentum(split, combine, step_size, scale, None)

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import optax
 
 from bilevel_rl.algorithms.base import tree_finite
+from bilevel_rl.algorithms.momentum import average_direction, storm_direction
 from bilevel_rl.algorithms.params import (
     at_least,
     choice,
@@ -153,7 +154,7 @@ class Buffer(NamedTuple):
 
 
 class ScoreMomentum(NamedTuple):
-    """The momentum of sobirl's score term (zeros while unused).
+    """The momentum of sobirl's score term (``x_0`` and zeros while unused).
 
     Attributes:
         x_prev: ``x_{k-1}``, where ``ĝ_{k-1}`` was evaluated (a pytree like ``x``).
@@ -464,11 +465,9 @@ def _momentum(params: Params, iteration, state: RLHFState, g_now, score_term):
             return ppo.policy(state.follower, obs)
 
         g_prev = score_term(state.score.x_prev, prev_policy)
-        d = jax.tree.map(
-            lambda g, dp, gp: g + (1.0 - eta) * (dp - gp), g_now, d_prev, g_prev
-        )
+        d = storm_direction(g_now, d_prev, g_prev, eta)
     else:
-        d = jax.tree.map(lambda g, dp: (1.0 - eta) * dp + eta * g, g_now, d_prev)
+        d = average_direction(g_now, d_prev, eta)
     d = jax.tree.map(lambda g, u: jnp.where(iteration == 0, g, u), g_now, d)
     return d, ScoreMomentum(state.x, d)
 
