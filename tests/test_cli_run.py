@@ -276,8 +276,7 @@ def test_sigkill_at_random_points_then_resume_equals_uninterrupted(tmp_path):
         JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
         OPENBLAS_NUM_THREADS="1",
-    )
-    env.pop("XLA_FLAGS", None)
+    )  # XLA_FLAGS kept: the same compile flags as the reference run (bitwise)
     out = tmp_path / "killed"
     rng = random.Random(os.getpid())
     kills = 0

@@ -13,7 +13,8 @@ import pytest
 SCRIPT = textwrap.dedent(
     """
     import os, sys
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=" + sys.argv[1]
+    count = "--xla_force_host_platform_device_count=" + sys.argv[1]
+    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " " + count
     import jax
     jax.config.update("jax_enable_x64", True)
     import numpy as np
@@ -45,9 +46,8 @@ SCRIPT = textwrap.dedent(
 
 
 def clean_env():
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
-    env.pop("XLA_FLAGS", None)
-    return env
+    """The test environment (its compile flags) with one BLAS thread."""
+    return dict(os.environ, OPENBLAS_NUM_THREADS="1")
 
 
 def free_port() -> int:
@@ -113,7 +113,9 @@ def test_cli_distributed_run_equals_single_process(tmp_path):
         [*cli, *args, "--out", str(tmp_path / "one")],
         check=True, env=clean_env(), timeout=600,
     )  # fmt: skip
-    env = dict(clean_env(), XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env = clean_env()
+    count = "--xla_force_host_platform_device_count=2"
+    env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + " " + count
     two_processes(
         lambda port, i: [
             *cli, *args, "--out", str(tmp_path / "two"), "--distributed",
