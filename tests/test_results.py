@@ -76,3 +76,21 @@ def test_no_sampled_method_lowers_f_on_95_percent_at_constant_sizes(rates):
     for name, rec in rates["methods"].items():
         if name.startswith("constant/"):
             assert 0.5 < rec["frac_f_decreased"] < 0.95, name
+
+
+def test_constant_size_rises_are_variance_not_bias():
+    """variance_floor's headline: on the instances where no momentum at D = 4 ends
+    above its start, exact descent and 8x the tuples lower f on all of them, while
+    a longer rollout or more inner steps leave some above; STORM's direction error
+    is below no momentum's late in the run."""
+    result = json.loads((RESULTS / "variance_floor.json").read_text())
+    risers = {name: rec["risers"] for name, rec in result["variants"].items()}
+    assert len(result["risers"]) > 0
+    assert risers["none D=4"]["frac_f_decreased"] == 0.0
+    for name in ("exact", "none D=32"):
+        assert risers[name]["frac_f_decreased"] == 1.0, name
+    for name in ("none L=40", "none 30 inner steps"):
+        assert risers[name]["frac_f_decreased"] < 1.0, name
+    errors = result["direction_error"]
+    late = {name: errors[name][-1]["direction_mse"] for name in ("none", "storm c=292")}
+    assert late["storm c=292"] < late["none"]
