@@ -50,8 +50,11 @@ from bilevel_rl.types import BoundRewardFn as RewardFn
 from bilevel_rl.types import BoundTrajectoryLoss as TrajectoryLoss
 
 __all__ = [
+    "BASELINES",
     "HypergradientSamples",
     "MAX_ENUMERATED_TUPLES",
+    "centered_losses",
+    "check_baseline",
     "draw_hypergradient_samples",
     "evaluate_hypergradient_samples",
     "enumerate_tuples",
@@ -61,6 +64,42 @@ __all__ = [
     "sampled_outer_hypergradient",
     "samples_log_ratio",
 ]
+
+BASELINES = ("none", "leave_one_out")
+"""Baselines of the score term: ``b_j = 0`` or the mean loss of the other tuples."""
+
+
+def check_baseline(baseline: str, num_samples: int, what: str = "tuples") -> None:
+    """Raises ``ValueError`` naming ``baseline`` unless it is in :data:`BASELINES`
+    and, for ``"leave_one_out"``, ``num_samples >= 2``."""
+    if baseline not in BASELINES:
+        raise ValueError(f"baseline: must be one of {BASELINES}, got {baseline!r}")
+    if baseline == "leave_one_out" and num_samples < 2:
+        raise ValueError(
+            f"baseline: 'leave_one_out' needs D >= 2 {what}, got D = {num_samples}"
+        )
+
+
+def centered_losses(losses: Array, baseline: str, used: Array | None = None) -> Array:
+    """``l_j - b_j``, the multipliers of the score term (13); ``[D]``.
+
+    ``"leave_one_out"``: ``b_j`` is the mean loss of the other used tuples,
+    independent of tuple ``j``; the score term stays unbiased because its factor
+    ``sum_{i,t} (dQ - dV)(s_t, a_t)`` has mean 0 given the states (``E_{a ~
+    pi}[dQ(s, a)] = dV(s)``, docs/math.md §4), and its variance drops when the
+    losses' mean is large against their spread (``E[(l - b)²]`` in place of
+    ``E[l²]``). ``"none"``: ``l_j`` (Algorithm 3 as written).
+
+    Args:
+        losses: ``[D]`` the tuples' losses.
+        baseline: one of :data:`BASELINES`.
+        used: ``None`` (all tuples) or ``[D]`` 0/1: the tuples the estimate uses.
+    """
+    if baseline == "none":
+        return losses
+    used = jnp.ones_like(losses) if used is None else used.astype(losses.dtype)
+    others = jnp.sum(used * losses) - used * losses
+    return losses - others / (jnp.sum(used) - used)
 
 
 def _losses_and_vjp(loss: TrajectoryLoss, reward_fn: RewardFn, x, tuples):
@@ -195,11 +234,13 @@ def sampled_outer_hypergradient(
     num_samples: int,
     num_trajectories: int = 1,
     upper_mdp: TabularMDP | None = None,
+    baseline: str = "none",
     with_value: bool = False,
 ) -> PyTree | tuple[Array, PyTree]:
     """SoBiRL (Algorithm 1) estimator: sampled tuples, exact ``dQ``/``dV``.
 
-    ``g = (1/D) sum_j [grad_x l_j + (1/tau) l_j sum_{i,t} (dQ - dV)(s_t, a_t)]``,
+    ``g = (1/D) sum_j [grad_x l_j + (1/tau) (l_j - b_j) sum_{i,t} (dQ - dV)(s_t,
+    a_t)]`` (``b_j``: :func:`centered_losses`; ``b_j = 0`` is the paper's),
     ``xi_j ~ rho(pi_k; M_u)``, ``dQ = (I - gamma P Pi_k)^{-1} J`` (Prop. 5.1 at
     ``pi_k``), as ``(1/D) sum_j grad l_j + J^T w`` with the adjoint ``w`` of
     :func:`~bilevel_rl.hypergrad.adjoint_weights`: one ``S x S`` solve, one VJP.
@@ -212,13 +253,15 @@ def sampled_outer_hypergradient(
             :func:`exact_trajectory_hypergradient`.
         policy: ``[S, A]`` the current policy ``pi_k`` (in place of ``pi*_x``).
         num_samples: ``D`` tuples (static).
+        baseline: one of :data:`BASELINES` (static): the score term's baseline.
         with_value: also return the sample mean of ``l`` (static).
 
     Returns:
         A pytree like ``x``, or ``(mean_loss, grad)`` if ``with_value``.
 
     Raises:
-        ValueError: a size not an int ``>= 1``, bad ``policy``/``upper_mdp`` shape.
+        ValueError: a size not an int ``>= 1``, bad ``policy``/``upper_mdp`` shape,
+            an unknown ``baseline`` or ``"leave_one_out"`` with ``D < 2``.
 
     References:
         SoBiRL (Yang et al., AISTATS 2025) Props. 5.1–5.2, Algorithm 1, eq. 14;
@@ -229,7 +272,9 @@ def sampled_outer_hypergradient(
         key, loss, reward_fn, x, mdp, upper_mdp, policy, sizes
     )
     D = losses.shape[0]
-    weights = jnp.broadcast_to(losses[:, None, None] / D, tuples.states.shape)
+    check_baseline(baseline, D)
+    score = centered_losses(losses, baseline)
+    weights = jnp.broadcast_to(score[:, None, None] / D, tuples.states.shape)
     visits = _visit_table(tuples.states, tuples.actions, weights, *policy.shape)
     visits = visits.astype(policy.dtype)
     u = (visits - policy * visits.sum(-1, keepdims=True)) / mdp.tau
@@ -354,12 +399,16 @@ def evaluate_hypergradient_samples(
     *,
     reweight: tuple[Array, Array] | None = None,
     clip: float = 10.0,
+    baseline: str = "none",
     with_value: bool = False,
 ) -> PyTree | tuple[Array, PyTree]:
     """Algorithm 3's estimate at ``x`` from stored samples ``Xi``.
 
         dQ^(s, a) = (1/E) sum_e sum_{t'<L} gamma^t' grad_x r_x(s^e_t', a^e_t'),
-        g = (1/D) sum_j [grad_x l_j + (1/tau) l_j sum_{i,t} (dQ^ - dV^)(s_t, a_t)].
+        g = (1/D) sum_j [grad_x l_j + (1/tau) (l_j - b_j) sum_{i,t} (dQ^ - dV^)(s_t,
+            a_t)],
+
+    ``b_j`` the score baseline (:func:`centered_losses`; ``0`` as in the paper).
 
     All rollouts fold into one ``[S, A]`` cotangent (discounted visit counts) and
     ONE VJP. For fixed samples the estimate is a smooth function of ``x`` (the
@@ -374,18 +423,24 @@ def evaluate_hypergradient_samples(
             weight clipped to ``clip``; unbiased for the target policy's
             expectation up to the clipping. ``None``: unweighted.
         clip: largest importance weight.
+        baseline: one of :data:`BASELINES` (static); the leave-one-out mean is
+            taken over the used tuples' unweighted losses at ``x``.
 
     Returns:
         ``grad`` (a pytree like ``x``), or ``(mean loss, grad)``.
+
+    Raises:
+        ValueError: an unknown ``baseline`` or ``"leave_one_out"`` with ``D < 2``.
     """
     tuples = samples.tuples
     losses, pullback = _losses_and_vjp(loss, reward_fn, x, tuples)
     q_roll, v_roll = samples.q_rollouts, samples.v_rollouts
     D, E, L = losses.shape[0], q_roll.states.shape[-2], q_roll.states.shape[-1]
+    check_baseline(baseline, D)
     dtype = mdp.P.dtype
     discounts = jnp.cumprod(jnp.full((L,), mdp.gamma, dtype).at[0].set(1.0))
     if samples.sizes is None:
-        scale = losses.astype(dtype) / (D * E * mdp.tau)
+        scale = centered_losses(losses, baseline).astype(dtype) / (D * E * mdp.tau)
         weights = scale[:, None, None, None, None] * discounts  # [D, 1, 1, 1, L]
         outer = jnp.full((D,), 1.0 / D, dtype)
         mean_loss = jnp.mean(losses)
@@ -394,7 +449,8 @@ def evaluate_hypergradient_samples(
         tuple_mask, rollout_mask, step_mask = (u.astype(dtype) for u in used)
         D_k, E_k = (size.astype(dtype) for size in samples.sizes[:2])
         outer = tuple_mask / D_k
-        scale = losses.astype(dtype) * outer / (E_k * mdp.tau)
+        score = centered_losses(losses, baseline, used[0]).astype(dtype)
+        scale = score * outer / (E_k * mdp.tau)
         per_rollout = rollout_mask[:, None] * (discounts * step_mask)  # [E, L]
         weights = scale[:, None, None, None, None] * per_rollout
         mean_loss = jnp.sum(losses * outer.astype(losses.dtype))
@@ -433,6 +489,7 @@ def sampled_hypergradient(
     num_trajectories: int = 1,
     upper_mdp: TabularMDP | None = None,
     common_random_numbers: bool = True,
+    baseline: str = "none",
     with_value: bool = False,
 ) -> PyTree | tuple[Array, PyTree]:
     """Stoc-SoBiRL (Algorithm 3) fully sampled hyper-gradient estimator.
@@ -445,8 +502,8 @@ def sampled_hypergradient(
 
     Args:
         key, loss, reward_fn, x, mdp, policy, horizon, num_trajectories,
-            upper_mdp, with_value: as in :func:`sampled_outer_hypergradient`
-            (``mdp`` is the generative model).
+            upper_mdp, baseline, with_value: as in
+            :func:`sampled_outer_hypergradient` (``mdp`` is the generative model).
         num_samples: ``D`` tuples per step (static) [reconstructed symbol].
         num_rollouts: ``E`` rollouts per visited pair (static) [reconstructed].
         rollout_length: ``L`` steps per rollout (static) [reconstructed].
@@ -465,5 +522,5 @@ def sampled_hypergradient(
         common_random_numbers=common_random_numbers,
     )  # fmt: skip
     return evaluate_hypergradient_samples(
-        samples, loss, reward_fn, x, mdp, with_value=with_value
+        samples, loss, reward_fn, x, mdp, baseline=baseline, with_value=with_value
     )

@@ -138,6 +138,7 @@ ALTERNATIVE_STRINGS = {
     "momentum": "average",
     "sample_reuse": "likelihood_ratio",
     "upper_reward": "target",
+    "baseline": "leave_one_out",
 }
 
 

@@ -75,7 +75,8 @@ def bind(kind: str, data: Data):
 
 
 @functools.partial(
-    jax.jit, static_argnames=("kind", "method", "D", "E", "L", "crn", "truncate")
+    jax.jit,
+    static_argnames=("kind", "method", "D", "E", "L", "crn", "truncate", "baseline"),
 )
 def estimate(
     key,
@@ -92,6 +93,7 @@ def estimate(
     L=1,
     crn=True,
     truncate=False,
+    baseline="none",
 ):
     loss, reward_fn, H, m = bind(kind, data)
     common = dict(horizon=H, num_trajectories=m, upper_mdp=umdp)
@@ -107,8 +109,9 @@ def estimate(
         )
     if method == "outer":
         return sampled_outer_hypergradient(
-            key, loss, reward_fn, x, mdp, policy, num_samples=D, **common
-        )
+            key, loss, reward_fn, x, mdp, policy, num_samples=D, baseline=baseline,
+            **common,
+        )  # fmt: skip
     return sampled_hypergradient(
         key,
         loss,
@@ -120,6 +123,7 @@ def estimate(
         num_rollouts=E,
         rollout_length=L,
         common_random_numbers=crn,
+        baseline=baseline,
         **common,
     )
 
@@ -247,29 +251,38 @@ def flat_batch(tree) -> np.ndarray:
     return np.asarray(jax.vmap(lambda t: ravel_pytree(t)[0])(tree))
 
 
+LOO = "leave_one_out"
 UNBIASED_CASES = [
-    # (kind, policy, method, D, E, L, crn, truncated mean)
-    ("shaping", "pi_star", "outer", 2, 1, 1, True, False),
-    ("shaping", "pi_star", "full", 1, 2, L_LONG, True, False),
-    ("rlhf", "pi_k", "outer", 1, 1, 1, True, False),
-    ("rlhf", "pi_k", "full", 1, 1, L_LONG, True, False),
-    ("rlhf", "pi_star", "full", 2, 1, 1, False, True),
+    # (kind, policy, method, D, E, L, crn, truncated mean, baseline)
+    ("shaping", "pi_star", "outer", 2, 1, 1, True, False, "none"),
+    ("shaping", "pi_star", "full", 1, 2, L_LONG, True, False, "none"),
+    ("rlhf", "pi_k", "outer", 1, 1, 1, True, False, "none"),
+    ("rlhf", "pi_k", "full", 1, 1, L_LONG, True, False, "none"),
+    ("rlhf", "pi_star", "full", 2, 1, 1, False, True, "none"),
+    ("shaping", "pi_k", "outer", 3, 1, 1, True, False, LOO),
+    ("rlhf", "pi_k", "full", 2, 1, L_LONG, True, False, LOO),
+    ("shaping", "pi_star", "full", 3, 1, 2, False, True, LOO),
 ]
 
 
-@pytest.mark.parametrize("kind, pol, method, D, E, L, crn, trunc", UNBIASED_CASES)
-def test_sampled_estimators_are_unbiased(setup, kind, pol, method, D, E, L, crn, trunc):
+@pytest.mark.parametrize(
+    "kind, pol, method, D, E, L, crn, trunc, baseline", UNBIASED_CASES
+)
+def test_sampled_estimators_are_unbiased(
+    setup, kind, pol, method, D, E, L, crn, trunc, baseline
+):
     """Mean over NUM_KEYS keys within 5 SE of the exact mean, per coordinate.
 
     At ``pi_k != pi*`` the target is Prop. 5.2 evaluated at ``pi_k`` (the policy
     argument is used in place of ``pi*``); ``trunc``: the exact mean of the
-    ``L``-step truncated estimator (not the hyper-gradient).
+    ``L``-step truncated estimator (not the hyper-gradient); ``baseline``: the
+    score term's (the leave-one-out mean leaves the mean unchanged).
     """
     policy = setup[pol]
     args = (setup["x"], setup["mdp"], setup["umdp"], policy, setup["data"])
     exact = estimate(None, *args, kind=kind, method="exact", L=L, truncate=trunc)
     keys = jax.random.split(jax.random.key(11), NUM_KEYS)
-    kw = dict(kind=kind, method=method, D=D, E=E, L=L, crn=crn)
+    kw = dict(kind=kind, method=method, D=D, E=E, L=L, crn=crn, baseline=baseline)
     samples = jax.vmap(lambda k: estimate(k, *args, **kw))(keys)
     z = _z_scores(samples, exact)
     print(f"{kind} {pol} {method} D={D} E={E} L={L} crn={crn}: z = {np.round(z, 2)}")
@@ -281,6 +294,49 @@ def test_sampled_estimators_are_unbiased(setup, kind, pol, method, D, E, L, crn,
         z_star = np.max(np.abs(_z_scores(samples, at_star)))
         print(f"  max |z| against the pi* value instead: {z_star:.1f}")
         assert z_star > 10.0
+
+
+@pytest.mark.parametrize("method", ["outer", "full"])
+def test_leave_one_out_estimate_ignores_a_constant_added_to_the_loss(setup, method):
+    """``l -> l + c`` leaves ``l_j - b_j`` and ``grad_x l_j`` unchanged, so the
+    leave-one-out estimate is the same; without a baseline it moves by ``(c/tau)``
+    times the mean score, which is not zero for one draw."""
+    loss, reward_fn, H, m = bind("rlhf", setup["data"])
+    x, mdp, pi = setup["x"], setup["mdp"], setup["pi_k"]
+    common = dict(horizon=H, num_trajectories=m, upper_mdp=setup["umdp"])
+    if method == "full":
+        common.update(num_rollouts=2, rollout_length=3)
+    fn = sampled_outer_hypergradient if method == "outer" else sampled_hypergradient
+
+    def grads(shift, baseline):
+        def shifted(x, trajs):
+            return loss(x, trajs) + shift
+
+        key = jax.random.key(5)
+        out = fn(key, shifted, reward_fn, x, mdp, pi, num_samples=4, baseline=baseline,
+                 **common)  # fmt: skip
+        return flat(out)
+
+    np.testing.assert_allclose(
+        grads(100.0, "leave_one_out"), grads(0.0, "leave_one_out"), atol=1e-9
+    )
+    moved = np.max(np.abs(grads(100.0, "none") - grads(0.0, "none")))
+    assert moved > 1.0
+
+
+@pytest.mark.parametrize(
+    "baseline, D, match",
+    [("mean", 4, "baseline: must be one of"), ("leave_one_out", 1, "D >= 2")],
+)
+def test_invalid_baseline_raises(setup, baseline, D, match):
+    loss, reward_fn, H, m = bind("shaping", setup["data"])
+    args = (jax.random.key(0), loss, reward_fn, setup["x"], setup["mdp"])
+    args += (setup["pi_star"],)
+    kw = dict(horizon=H, num_trajectories=m, num_samples=D, baseline=baseline)
+    with pytest.raises(ValueError, match=match):
+        sampled_outer_hypergradient(*args, **kw)
+    with pytest.raises(ValueError, match=match):
+        sampled_hypergradient(*args, num_rollouts=1, rollout_length=2, **kw)
 
 
 # -------------------------------------------------------------- truncation bias

@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bilevel_rl import hypergradient, suites
-from bilevel_rl.algorithms import stoc_sobirl
+from bilevel_rl import suites
+from bilevel_rl.algorithms import sobirl, stoc_sobirl
 from bilevel_rl.algorithms.follower import PolicyFollower, best_response
 from bilevel_rl.estimators import HypergradientSamples
 
@@ -60,31 +60,14 @@ def test_storm_correction_is_lipschitz(reuse):
 
 @functools.cache
 def direction_errors(momentum, iters=200, seeds=32):
-    """``‖d_k - ∇φ(x_k)‖²`` ``[seeds, iters]`` on one fixed instance, with ``d_k``
-    read off the update ``x_{k+1} = x_k - lr_k d_k``."""
-    prob = problem()
+    """``‖d_k - ∇φ(x_k)‖²`` ``[seeds, iters]`` on one fixed instance."""
     optimizer = {"learning_rate": 0.5, "schedule": "inverse_cube_root", "offset": 10.0}
-    params = dict(
-        optimizer=optimizer, momentum_scale=20.0, rollout_length=15,
-        track_exact=False, momentum=momentum, **SIZES,
-    )  # fmt: skip
-    solver = stoc_sobirl.make(**params)
-    lr = stoc_sobirl.Params(**params).optimizer.step_size
-    reward_fn, upper = prob.bind()
-
-    def one(key):
-        def body(carry, k):
-            state = carry
-            new, _ = solver.step(state, prob)
-            d = (state.x - new.x) / lr(k)
-            g = hypergradient(upper, reward_fn, state.x, prob.mdp)
-            return new, jnp.sum((d - g) ** 2)
-
-        steps = jnp.arange(iters, dtype=jnp.int32)
-        return jax.lax.scan(body, solver.init(prob, key), steps)[1]
-
     keys = jax.random.split(jax.random.key(1), seeds)
-    return np.asarray(jax.jit(jax.vmap(one))(keys))
+    err, _ = stoc_sobirl.direction_errors(
+        problem(), keys, iters, optimizer=optimizer, momentum_scale=20.0,
+        rollout_length=15, momentum=momentum, **SIZES,
+    )  # fmt: skip
+    return np.asarray(err)
 
 
 def test_storm_direction_error_is_below_no_momentum_after_burn_in():
@@ -126,6 +109,17 @@ def test_sample_schedule_grows_from_the_constant_sizes_and_stops_at_its_horizon(
         stoc_sobirl.Params(sample_growth=0.5)
 
 
+def test_baseline_options_are_checked_before_compiling():
+    with pytest.raises(ValueError, match="baseline: 'leave_one_out' needs D >= 2"):
+        stoc_sobirl.Params(num_samples=1, baseline="leave_one_out")
+    with pytest.raises(ValueError, match="baseline: must be one of"):
+        stoc_sobirl.Params(baseline="mean")
+    with pytest.raises(ValueError, match="baseline: applies to the sampled"):
+        sobirl.Params(num_samples=None, baseline="leave_one_out")
+    with pytest.raises(ValueError, match="baseline: 'leave_one_out' needs D >= 2"):
+        sobirl.Params(num_samples=1, baseline="leave_one_out")
+
+
 def _sliced(samples: HypergradientSamples, D, E, L) -> HypergradientSamples:
     """The first ``D`` tuples, ``E`` rollouts and ``L`` rollout steps, as arrays."""
     tuples = jax.tree.map(lambda a: a[:D], samples.tuples)
@@ -134,10 +128,15 @@ def _sliced(samples: HypergradientSamples, D, E, L) -> HypergradientSamples:
     return HypergradientSamples(tuples, q, v)
 
 
-@pytest.mark.parametrize("reweight", [False, True])
-def test_scheduled_estimate_equals_the_estimate_on_the_first_draws(reweight):
+@pytest.mark.parametrize(
+    "reweight, baseline",
+    [(False, "none"), (True, "none"), (False, "leave_one_out")],
+)
+def test_scheduled_estimate_equals_the_estimate_on_the_first_draws(reweight, baseline):
     prob = problem()
-    params = stoc_sobirl.Params(num_samples=5, num_rollouts=3, rollout_length=6)
+    params = stoc_sobirl.Params(
+        num_samples=5, num_rollouts=3, rollout_length=6, baseline=baseline
+    )
     split = stoc_sobirl.split_estimator(params)
     now, prev = (
         PolicyFollower(best_response(prob.mdp, prob.reward(z)).policy)

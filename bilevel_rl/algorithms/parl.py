@@ -61,6 +61,7 @@ from bilevel_rl.algorithms.params import (
     positive,
     validate,
 )
+from bilevel_rl.estimators import centered_losses
 from bilevel_rl.mdp import TabularMDP
 from bilevel_rl.problem import BilevelProblem
 from bilevel_rl.sampling import rollout
@@ -203,14 +204,14 @@ def _sampled_upper_gradients(key, problem, x, logits, num_samples):
     losses, grad_x = jax.vmap(
         jax.value_and_grad(problem.loss), in_axes=(None, 0), out_axes=(0, 0)
     )(x, tuples)
-    baseline = (jnp.sum(losses) - losses) / max(n - 1, 1) if n > 1 else 0.0
 
     def log_prob(th, tup):
         pi = logit_policy(mdp, th)
         return jnp.sum(jnp.log(pi[tup.states, tup.actions]))
 
     scores = jax.vmap(jax.grad(log_prob), in_axes=(None, 0))(logits, tuples)
-    weights = jax.lax.stop_gradient(losses - baseline)
+    baseline = "leave_one_out" if n > 1 else "none"
+    weights = jax.lax.stop_gradient(centered_losses(losses, baseline))
     grad_theta = jnp.mean(weights[:, None, None] * scores, axis=0)
     grad_x = jax.tree.map(lambda g: jnp.mean(g, axis=0), grad_x)
     return grad_x, grad_theta, jnp.mean(losses)

@@ -11,7 +11,9 @@ Per outer iteration ``k`` (docs/math.md §4):
    of trajectories sampled from ``pi_k`` and the exact tabular ``∂Q/∂V`` of
    Prop. 5.1 (:func:`bilevel_rl.estimators.sampled_outer_hypergradient`), or, with
    ``num_samples`` unset, the exact expectation (:func:`exact_outer_hypergradient`):
-   the deterministic method of the paper's analysis (its ``O(1/K)`` rate);
+   the deterministic method of the paper's analysis (its ``O(1/K)`` rate); the
+   sampled estimate's score term optionally with the leave-one-out baseline
+   (``baseline``; :func:`bilevel_rl.estimators.centered_losses`);
 3. ``x <- x - lr ĝ`` (or any optax transformation of ``ĝ``).
 
 The problem must carry a ``trajectory_loss`` (see :class:`bilevel_rl.BilevelProblem`).
@@ -37,6 +39,7 @@ from bilevel_rl.algorithms.follower import (
 from bilevel_rl.algorithms.params import (
     Optimizer,
     as_optimizer,
+    choice,
     count,
     flag,
     nonnegative,
@@ -45,7 +48,11 @@ from bilevel_rl.algorithms.params import (
     step_or_inf,
     validate,
 )
-from bilevel_rl.estimators import sampled_outer_hypergradient
+from bilevel_rl.estimators import (
+    BASELINES,
+    check_baseline,
+    sampled_outer_hypergradient,
+)
 from bilevel_rl.hypergrad import hypergradient_at_policy
 from bilevel_rl.problem import BilevelProblem
 from bilevel_rl.types import Estimator, PRNGKey, PyTree
@@ -78,10 +85,22 @@ class Params:
         "the deterministic method the paper analyses)",
         optional(count),
     )
+    baseline: str = option(
+        "none",
+        "score-term baseline of the sampled estimate: none (as in the paper) or "
+        "leave_one_out (the mean loss of the other tuples: unbiased, less variance)",
+        choice(*BASELINES),
+    )
     track_exact: bool = option(True, "record exact_f and exact_grad_norm", flag)
 
     def __post_init__(self):
         validate(self)
+        if self.baseline != "none" and self.num_samples is None:
+            raise ValueError(
+                "baseline: applies to the sampled estimate only; set num_samples or "
+                "leave baseline = 'none'"
+            )
+        check_baseline(self.baseline, self.num_samples or 2)
 
 
 def exact_outer_hypergradient(problem: BilevelProblem, x, policy):
@@ -125,6 +144,7 @@ def estimator(params: Params) -> Estimator:
                 horizon=problem.horizon,
                 num_samples=params.num_samples,
                 num_trajectories=problem.num_trajectories,
+                baseline=params.baseline,
                 with_value=True,
             )
             drawn = params.num_samples * problem.num_trajectories * problem.horizon

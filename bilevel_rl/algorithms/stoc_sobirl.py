@@ -8,7 +8,10 @@ Per outer iteration ``k`` (docs/math.md §5):
    (:func:`bilevel_rl.estimators.sampled_hypergradient`) **[reconstructed symbols]**
    — constant sizes, or the growing schedule ``(D_k, E_k, L_k)`` of
    :func:`sample_sizes` (``sample_growth = 1/3``: the theorem's configuration);
-   the metric ``transitions`` counts the transitions each estimate uses;
+   the metric ``transitions`` counts the transitions each estimate uses; the score
+   term's losses as drawn (``baseline="none"``, the paper's) or minus the mean loss
+   of the other tuples (``"leave_one_out"``: unbiased, less variance;
+   :func:`bilevel_rl.estimators.centered_losses`);
 3. momentum (:mod:`bilevel_rl.algorithms.momentum`): STORM (``momentum="storm"``)
    **[reconstructed; corrected]** — ``Xi_k`` drawn once at ``(x_k, pi_k)`` and the
    same stored trajectories re-evaluated at ``x_{k-1}`` (``sample_reuse="fixed"``)
@@ -32,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bilevel_rl.algorithms import momentum as mom
-from bilevel_rl.algorithms.base import Solver, build_solver
+from bilevel_rl.algorithms.base import Solver, build_solver, tree_norm
 from bilevel_rl.algorithms.follower import (
     PolicyFollower,
     align_policy,
@@ -55,10 +58,13 @@ from bilevel_rl.algorithms.params import (
     validate,
 )
 from bilevel_rl.estimators import (
+    BASELINES,
+    check_baseline,
     draw_hypergradient_samples,
     evaluate_hypergradient_samples,
 )
-from bilevel_rl.types import Estimator
+from bilevel_rl.hypergrad import hypergradient
+from bilevel_rl.types import Array, Estimator
 
 DESCRIPTION = (
     "Stoc-SoBiRL (Algs. 3-4): fully sampled hyper-gradient with STORM momentum"
@@ -101,6 +107,12 @@ class Params:
         10.0, "largest likelihood-ratio weight (likelihood_ratio)", positive
     )
     num_samples: int = option(8, "D trajectory tuples per estimate", count)
+    baseline: str = option(
+        "none",
+        "score-term baseline: none (Algorithm 3 as written) or leave_one_out (the "
+        "mean loss of the other tuples: unbiased, less variance)",
+        choice(*BASELINES),
+    )
     num_rollouts: int = option(4, "E generative rollouts per visited pair", count)
     rollout_length: int = option(20, "L steps per rollout (bias O(gamma^L))", count)
     sample_growth: float = option(
@@ -126,6 +138,7 @@ class Params:
 
     def __post_init__(self):
         validate(self)
+        check_baseline(self.baseline, self.num_samples)
         if self.sample_growth > 0 and self.schedule_iters is None:
             raise ValueError(
                 "schedule_iters: required when sample_growth > 0 (the schedule's "
@@ -218,6 +231,7 @@ def split_estimator(params: Params) -> mom.SplitEstimator:
             problem.mdp,
             reweight=reweight,
             clip=params.weight_clip,
+            baseline=params.baseline,
             with_value=True,
         )
 
@@ -243,6 +257,49 @@ def correction_sq_ratio(
     )
     split = split_estimator(params)
     return mom.correction_sq_ratio(split, problem, followers, points, k_xi, reuse)
+
+
+def direction_errors(problem, keys, iters: int, **options) -> tuple[Array, Array]:
+    """How far the direction is from the hyper-gradient along one run per key.
+
+    Runs Stoc-SoBiRL with ``options`` (:class:`Params` fields) on one problem for
+    ``iters`` iterations per key, reads ``d_k`` off the update ``x_{k+1} = x_k -
+    lr_k d_k`` and compares it with the exact ``∇φ(x_k)`` (docs/math.md §2).
+
+    Args:
+        problem: one problem (no batch axis).
+        keys: ``[n]`` PRNG keys, one run each.
+        iters: iterations per run (static).
+
+    Returns:
+        ``(‖d_k - ∇φ(x_k)‖², ‖∇φ(x_k)‖²)``, each ``[n, iters]``.
+
+    Raises:
+        ValueError: an option breaks its rule, or the optimizer is not plain
+            ``sgd`` (``d_k`` could not be read off the update).
+    """
+    params = Params(**dict(options, track_exact=False))
+    if not isinstance(params.optimizer, Optimizer) or params.optimizer.name != "sgd":
+        raise ValueError(
+            "optimizer: direction_errors reads d_k off the update, so it must be "
+            f"plain sgd, got {params.optimizer!r}"
+        )
+    solver = make(**dict(options, track_exact=False))
+    lr = params.optimizer.step_size
+    reward_fn, upper = problem.bind()
+
+    def one(key):
+        def body(state, k):
+            new, _ = solver.step(state, problem)
+            d = jax.tree.map(lambda a, b: (a - b) / lr(k), state.x, new.x)
+            g = hypergradient(upper, reward_fn, state.x, problem.mdp)
+            err = jax.tree.map(jnp.subtract, d, g)
+            return new, (tree_norm(err) ** 2, tree_norm(g) ** 2)
+
+        steps = jnp.arange(iters, dtype=jnp.int32)
+        return jax.lax.scan(body, solver.init(problem, key), steps)[1]
+
+    return jax.jit(jax.vmap(one))(keys)
 
 
 def estimator(params: Params) -> Estimator:

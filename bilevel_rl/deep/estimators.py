@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import optax
 
 from bilevel_rl.deep.reward import RewardApply, action_rewards
+from bilevel_rl.estimators import centered_losses, check_baseline
 from bilevel_rl.types import Array, PRNGKey, PyTree
 
 __all__ = [
@@ -281,22 +282,14 @@ def exploration_gradient(
     :func:`hypergradient`); a pytree like ``x``."""
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator: must be one of {ESTIMATORS}, got {estimator!r}")
-    if baseline not in ("leave_one_out", "none"):
-        raise ValueError(
-            f"baseline: must be 'leave_one_out' or 'none', got {baseline!r}"
-        )
     D = _check_queries(queries, labels)
-    if baseline == "leave_one_out" and D < 2:
-        raise ValueError("baseline: 'leave_one_out' needs D >= 2 queries")
+    check_baseline(baseline, D, "queries")
     if estimator == "branch" and branches is None:
         raise ValueError("branches: the 'branch' estimator needs branch(...) rollouts")
     if estimator == "one_step" and policy_fn is None:
         raise ValueError("policy_fn: the 'one_step' estimator needs the policy")
     losses = preference_losses(reward_apply, x, queries, labels)
-    advantage = losses
-    if baseline == "leave_one_out":
-        advantage = losses - (jnp.sum(losses) - losses) / (D - 1)
-    weights = advantage / (D * tau)
+    weights = centered_losses(losses, baseline) / (D * tau)
     if normalize:
         weights = weights / jnp.maximum(jnp.sum(queries.mask, axis=(-2, -1)), 1)
     weights = jax.lax.stop_gradient(weights)

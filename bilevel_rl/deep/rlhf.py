@@ -64,6 +64,7 @@ from bilevel_rl.deep.estimators import (
     preference_losses,
 )
 from bilevel_rl.deep.reward import RewardMLP, action_rewards
+from bilevel_rl.estimators import BASELINES
 from bilevel_rl.types import Array, PRNGKey, PyTree
 
 __all__ = [
@@ -114,9 +115,7 @@ class Params:
         (64, 64), "hidden widths of the reward MLP", None
     )
     reward_bound: float = option(1.0, "rewards lie in (-bound, bound)", positive)
-    baseline: str = option(
-        "leave_one_out", "score baseline", choice("leave_one_out", "none")
-    )
+    baseline: str = option("leave_one_out", "score baseline", choice(*BASELINES))
     normalize: bool = option(True, "divide each score by its valid steps", flag)
     warmup: int = option(0, "iterations over which c_k ramps 0 -> 1", at_least(0))
     momentum: str = option(
