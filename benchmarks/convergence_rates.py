@@ -13,7 +13,10 @@ grid of ``K`` in [10, K], averaged over the batch,
 
 against iterations and against the transitions the estimates used.
 
-Two configurations:
+Two configurations, each with the score term as in the paper (``baseline="none"``)
+and with the leave-one-out baseline (``theorem_baseline``, ``constant_baseline``:
+``b_j`` the mean loss of the other tuples, unbiased, docs/math.md §5; ``L̃²`` and
+``c`` are measured again for it):
 
 * ``theorem`` — each method under its theorem's configuration: exact descent,
   M-SoBiRL and deterministic SoBiRL (exact outer expectation) at one constant step
@@ -32,14 +35,16 @@ Two configurations:
   momentum, over the whole run); the moving average uses the fixed-sample ``c``.
 
 Nothing is tuned per method: one ``beta`` for the deterministic methods, one
-``(a, w, c)`` and one schedule for every Stoc-SoBiRL variant.
+``(a, w, c)`` and one schedule for every Stoc-SoBiRL variant of a configuration.
+The deterministic methods draw no samples, so the ``_baseline`` configurations run
+the sampled methods only.
 
 ``--configs constant --merge`` re-runs one configuration and carries the others
 over from the existing results file, listed under ``carried_over``.
 
 Writes ``benchmarks/results/convergence_rates.{json,png}``.
 Usage: ``python benchmarks/convergence_rates.py [--batch 512] [--iters 3000]
-[--theorem-batch 64]``.
+[--theorem-batch 64] [--configs theorem,constant,theorem_baseline,constant_baseline]``.
 """
 
 from __future__ import annotations
@@ -92,12 +97,21 @@ EARLIER = {
 A = 0.5  # a of lr_k = a / (w + k)^{1/3} in the theorem configuration
 GROWTH = dict(sample_growth=1 / 3, growth_offset=300.0)
 RATES = {"deterministic": -1.0, "stochastic": -2.0 / 3.0}
+CONFIGS = ("theorem", "constant", "theorem_baseline", "constant_baseline")
+LOO = "leave_one_out"
 
 
-def lipschitz_sq(problems, count=64, keys_per=4, delta=1e-3, reuse="fixed"):
+def baseline_of(config: str) -> str:
+    """The score baseline a configuration runs with."""
+    return LOO if config.endswith("_baseline") else "none"
+
+
+def lipschitz_sq(
+    problems, count=64, keys_per=4, delta=1e-3, reuse="fixed", baseline="none"
+):
     """Mean of ``‖ĝ(x0; Xi) - ĝ(x0 - δu; Xi)‖² / δ²`` over the first ``count``
     instances and ``keys_per`` draws each, the samples reused as ``reuse``: ``L̃²``."""
-    params = stoc_sobirl.Params(**SIZES)
+    params = stoc_sobirl.Params(**SIZES, baseline=baseline)
 
     def one(problem, key):
         return stoc_sobirl.correction_sq_ratio(
@@ -146,13 +160,36 @@ def momentum_scale(l_sq):
     return float(math.ceil(8 * l_sq))
 
 
-def methods(config, K, steps, c_lr=None):
-    sizes = SIZES
-    if config == "theorem":
+def step_rules(problems, count, baseline):
+    """STORM's conditions for one score baseline, measured on the first ``count``
+    instances: ``L̃²`` for fixed samples and for likelihood-ratio weights, the
+    theorem's ``(a, w, c)`` and the likelihood-ratio ``c``."""
+    l_sq = lipschitz_sq(problems, count=count, baseline=baseline)
+    l_sq_lr = lipschitz_sq(
+        problems, count=count, reuse="likelihood_ratio", baseline=baseline
+    )
+    return {"l_sq": l_sq, "l_sq_lr": l_sq_lr, "steps": theorem_steps(l_sq),
+            "c_lr": momentum_scale(l_sq_lr)}  # fmt: skip
+
+
+def methods(config, K, rule):
+    """The solvers of one configuration; ``rule`` from :func:`step_rules` for its
+    baseline."""
+    baseline = baseline_of(config)
+    sizes = dict(SIZES, baseline=baseline)
+    steps, c_lr = rule["steps"], rule["c_lr"]
+    if config.startswith("theorem"):
         sgd = Optimizer(learning_rate=BETA)
         a, w, c = steps
         lr = Optimizer(learning_rate=a, schedule="inverse_cube_root", offset=w)
         stoc = dict(optimizer=lr, momentum_scale=c, schedule_iters=K, **GROWTH, **sizes)
+        sampled = {
+            "stoc_sobirl_storm": stoc_sobirl.make(momentum="storm", **stoc),
+            "stoc_sobirl_average": stoc_sobirl.make(momentum="average", **stoc),
+            "stoc_sobirl_none": stoc_sobirl.make(momentum="none", **stoc),
+        }
+        if baseline != "none":  # the deterministic methods draw no samples
+            return sampled
         return {
             "exact": exact.make(optimizer=sgd),
             "m_sobirl": m_sobirl.make(
@@ -161,16 +198,17 @@ def methods(config, K, steps, c_lr=None):
             "sobirl_deterministic": sobirl.make(
                 optimizer=sgd, num_samples=None, inner_steps=3
             ),
-            "stoc_sobirl_storm": stoc_sobirl.make(momentum="storm", **stoc),
-            "stoc_sobirl_average": stoc_sobirl.make(momentum="average", **stoc),
-            "stoc_sobirl_none": stoc_sobirl.make(momentum="none", **stoc),
+            **sampled,
         }
     c = steps[2]
     stoc = dict(optimizer=Optimizer(**CONSTANT_STEP), **sizes)
     return {
         "sobirl": sobirl.make(
-            optimizer=Optimizer(learning_rate=BETA), num_samples=8, inner_steps=3
-        ),
+            optimizer=Optimizer(learning_rate=BETA),
+            num_samples=8,
+            inner_steps=3,
+            baseline=baseline,
+        ),  # fmt: skip
         "stoc_sobirl_storm": stoc_sobirl.make(
             momentum="storm", momentum_scale=c, **stoc
         ),
@@ -207,7 +245,7 @@ def summarize(name, config, hist, grid, wall):
     avg, mins = rate_curves(g, grid)
     used = np.cumsum(np.asarray(hist["transitions"], np.float64), axis=1).mean(0)
     kind = "stochastic" if name.startswith("stoc") else "deterministic"
-    rated = config == "theorem"
+    rated = config.startswith("theorem")
     in_range = grid >= 100
     res = {
         "configuration": config,
@@ -237,7 +275,7 @@ def summarize(name, config, hist, grid, wall):
             )
     slope = f"slope {res['slope_avg_sq']:+.3f}" if rated else "floor"
     harness.log(
-        f"{config:8s} {name:22s} {slope}  f {res['f_initial_mean']:.4f} -> "
+        f"{config:17s} {name:22s} {slope}  f {res['f_initial_mean']:.4f} -> "
         f"{res['f_final_mean']:.4f} ± {res['f_final_se']:.4f} (decreased on "
         f"{res['frac_f_decreased']:.1%})  ({wall:.1f} s)"
     )
@@ -255,14 +293,15 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--theorem-batch", type=int, default=64)
     parser.add_argument("--iters", type=int, default=3000)
-    parser.add_argument("--configs", default="theorem,constant")
+    parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument(
         "--merge", action="store_true",
         help="carry the configurations not run over from the existing results file",
     )  # fmt: skip
     args = parser.parse_args(argv)
-    if args.quick:
+    if args.quick:  # one configuration per estimator path
         args.batch, args.theorem_batch, args.iters = 4, 4, 120
+        args.configs = "theorem,constant_baseline"
     harness.set_host_devices(os.cpu_count() or 1)  # the batch is sharded over cores
     bench = harness.Bench(NAME, args, argv)
     K = args.iters
@@ -271,21 +310,26 @@ def main(argv=None):
     problems = jax.vmap(lambda k: shaping_problem(k, **SUITE))(keys)
 
     count = min(64, args.batch)
-    l_sq = lipschitz_sq(problems, count=count)
-    l_sq_lr = lipschitz_sq(problems, count=count, reuse="likelihood_ratio")
-    steps, c_lr = theorem_steps(l_sq), momentum_scale(l_sq_lr)
+    rules = {b: step_rules(problems, count, b) for b in ("none", LOO)}
     xs, grads = exact_path(jax.tree.map(lambda a: a[:64], problems), min(K, 500))
     l_phi = smoothness(xs, grads)
-    harness.log(
-        f"L̃² = {l_sq:.2f} (likelihood ratio {l_sq_lr:.1f}, c = {c_lr:.0f}) -> "
-        f"(a, w, c) = {steps}; L_phi = {l_phi:.3f}"
-    )
+    for baseline, rule in rules.items():
+        harness.log(
+            f"baseline {baseline}: L̃² = {rule['l_sq']:.2f} (likelihood ratio "
+            f"{rule['l_sq_lr']:.1f}, c = {rule['c_lr']:.0f}) -> (a, w, c) = "
+            f"{rule['steps']}"
+        )
+    harness.log(f"L_phi = {l_phi:.3f}")
 
     results, configs = {}, args.configs.split(",")
+    unknown = sorted(set(configs) - set(CONFIGS))
+    if unknown:
+        parser.error(f"--configs: unknown {unknown}; known: {', '.join(CONFIGS)}")
     for config in configs:
-        B = args.theorem_batch if config == "theorem" else args.batch
+        B = args.theorem_batch if config.startswith("theorem") else args.batch
         batch = jax.tree.map(lambda a: a[:B], problems)
-        for name, solver in methods(config, K, steps, c_lr).items():
+        rule = rules[baseline_of(config)]
+        for name, solver in methods(config, K, rule).items():
             wall, _, (_, hist) = harness.once(
                 lambda solver=solver: run(solver, batch, keys[:B], K)
             )
@@ -308,6 +352,7 @@ def main(argv=None):
                 comparisons[f"{config}: storm - {other}"] = paired(
                     results, storm, f"{config}/{other}"
                 )
+    steps, c_lr = rules["none"]["steps"], rules["none"]["c_lr"]
     a, w, c = steps
     bench.result.update(
         {
@@ -317,6 +362,9 @@ def main(argv=None):
                 "seeds": "jax.random.split(key(0), batch): the first B instances",
             },  # fmt: skip
             "batch": {"constant": args.batch, "theorem": args.theorem_batch},
+            "configurations": {
+                config: {"baseline": baseline_of(config)} for config in CONFIGS
+            },
             "iters": K,
             "grid": grid.tolist(),
             "fit_range": [100, K],
@@ -326,7 +374,7 @@ def main(argv=None):
                 "beta_times_L_phi": BETA * l_phi,
                 "beta_rule": "beta <= 1 / L_phi (L_phi: largest ‖Δ∇φ‖/‖Δx‖ "
                 "along exact descent, 64 instances)",
-                "L_tilde_sq_measured": l_sq,
+                "L_tilde_sq_measured": rules["none"]["l_sq"],
                 "a": a,
                 "w": w,
                 "c": c,
@@ -336,7 +384,7 @@ def main(argv=None):
                 "sizes_at_K": stoc_sobirl.sample_sizes(
                     stoc_sobirl.Params(**GROWTH, schedule_iters=K, **SIZES), K, np
                 ),
-                "L_tilde_sq_likelihood_ratio": l_sq_lr,
+                "L_tilde_sq_likelihood_ratio": rules["none"]["l_sq_lr"],
                 "constant": {
                     "step": CONSTANT_STEP,
                     "c": steps[2],
@@ -346,6 +394,7 @@ def main(argv=None):
                     ),
                     **SIZES,
                 },
+                "leave_one_out": loo_conditions(rules[LOO], K),
             },  # fmt: skip
             "carried_over": carried,
             "earlier_runs": EARLIER,
@@ -354,6 +403,25 @@ def main(argv=None):
         }
     )
     bench.save(plot(grid, results), dpi=120)
+
+
+def loo_conditions(rule, K):
+    """The step conditions of the ``_baseline`` configurations."""
+    a, w, c = rule["steps"]
+    lr_K = float(Optimizer(**CONSTANT_STEP).step_size(K))
+    return {
+        "L_tilde_sq_measured": rule["l_sq"],
+        "L_tilde_sq_likelihood_ratio": rule["l_sq_lr"],
+        "a": a,
+        "w": w,
+        "c": c,
+        "eta_0": c * (a / w ** (1 / 3)) ** 2,
+        "constant": {
+            "c": c,
+            "c_likelihood_ratio": rule["c_lr"],
+            "eta_likelihood_ratio_at_K": min(1.0, rule["c_lr"] * lr_K**2),
+        },
+    }
 
 
 def plot(grid, results):

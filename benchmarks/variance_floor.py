@@ -31,10 +31,8 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bilevel_rl import hypergradient  # noqa: E402
 from bilevel_rl.algorithms import Optimizer, exact, stoc_sobirl  # noqa: E402
 from bilevel_rl.experiment import run  # noqa: E402
 from bilevel_rl.suites import shaping_problem  # noqa: E402
@@ -65,25 +63,10 @@ def final_change(solver, problems, keys, K):
 
 
 def direction_errors(problem, options, iters, seeds):
-    """``(‖d_k - ∇φ(x_k)‖², ‖∇φ(x_k)‖²)``, each ``[seeds, iters]``, with ``d_k``
-    read off the update ``x_{k+1} = x_k - lr_k d_k``."""
-    params = dict(options, track_exact=False)
-    solver = stoc_sobirl.make(**params)
-    lr = stoc_sobirl.Params(**params).optimizer.step_size
-    reward_fn, upper = problem.bind()
-
-    def one(key):
-        def body(state, k):
-            new, _ = solver.step(state, problem)
-            d = (state.x - new.x) / lr(k)
-            g = hypergradient(upper, reward_fn, state.x, problem.mdp)
-            return new, (jnp.sum((d - g) ** 2), jnp.sum(g**2))
-
-        steps = jnp.arange(iters, dtype=jnp.int32)
-        return jax.lax.scan(body, solver.init(problem, key), steps)[1]
-
+    """``(‖d_k - ∇φ(x_k)‖², ‖∇φ(x_k)‖²)``, each ``[seeds, iters]``."""
     keys = jax.random.split(jax.random.key(1), seeds)
-    return tuple(np.asarray(a) for a in jax.jit(jax.vmap(one))(keys))
+    out = stoc_sobirl.direction_errors(problem, keys, iters, **options)
+    return tuple(np.asarray(a) for a in out)
 
 
 def main(argv=None):

@@ -29,7 +29,7 @@ def test_deterministic_methods_reach_their_rate_and_lower_f_everywhere(rates):
 def test_only_theorem_configurations_carry_a_slope(rates):
     for name, rec in rates["methods"].items():
         assert rec["all_finite"], name
-        theorem = name.startswith("theorem/")
+        theorem = name.split("/")[0] in ("theorem", "theorem_baseline")
         assert rec["rate_is_floor"] == (not theorem), name
         assert ("slope_avg_sq" in rec) == theorem, name
 
@@ -94,3 +94,39 @@ def test_constant_size_rises_are_variance_not_bias():
     errors = result["direction_error"]
     late = {name: errors[name][-1]["direction_mse"] for name in ("none", "storm c=292")}
     assert late["storm c=292"] < late["none"]
+
+
+def test_leave_one_out_baseline_puts_every_sampled_method_inside_its_rule(rates):
+    """The README's baseline headline: L̃² drops over 10x, so c = ceil(8 L̃²) is
+    about 20; at constant sizes every sampled method (STORM included) then lowers
+    f on >= 95% of the 512 instances and ends lower than without the baseline;
+    under the theorem's configuration every variant lowers f everywhere and STORM's
+    slopes (vs K and vs transitions) are the steepest of the three, above -0.6."""
+    c = rates["conditions"]
+    loo = c["leave_one_out"]
+    assert loo["L_tilde_sq_measured"] < c["L_tilde_sq_measured"] / 10
+    assert loo["c"] >= 8 * loo["L_tilde_sq_measured"]
+    methods = rates["methods"]
+    for name in ("sobirl", "stoc_sobirl_storm", "stoc_sobirl_storm_lr",
+                 "stoc_sobirl_average", "stoc_sobirl_none"):  # fmt: skip
+        rec = methods[f"constant_baseline/{name}"]
+        assert rec["frac_f_decreased"] >= 0.95, name
+        without = methods[f"constant/{name}"]
+        assert rec["f_final_mean"] < without["f_final_mean"] - 0.1, name
+    pairs = rates["storm_vs_others_f_final"]
+    for other in ("stoc_sobirl_none", "stoc_sobirl_average"):
+        pair = pairs[f"constant_baseline: storm - {other}"]
+        assert abs(pair["mean"]) < 2 * pair["se"], other  # equal within noise
+    storm = methods["theorem_baseline/stoc_sobirl_storm"]
+    for name in ("storm", "average", "none"):
+        assert methods[f"theorem_baseline/stoc_sobirl_{name}"]["frac_f_decreased"] == 1
+    for other in ("average", "none"):
+        rec = methods[f"theorem_baseline/stoc_sobirl_{other}"]
+        assert storm["slope_avg_sq"] < rec["slope_avg_sq"], other
+        slope = "slope_avg_sq_vs_transitions"
+        assert storm[slope] < rec[slope], other
+    assert (
+        -0.6
+        < storm["slope_avg_sq"]
+        < methods["theorem/stoc_sobirl_storm"]["slope_avg_sq"]
+    )
