@@ -95,12 +95,13 @@ class Params:
 
     def __post_init__(self):
         validate(self)
-        if self.baseline != "none" and self.num_samples is None:
+        if self.num_samples is not None:
+            check_baseline(self.baseline, self.num_samples)
+        elif self.baseline != "none":
             raise ValueError(
                 "baseline: applies to the sampled estimate only; set num_samples or "
                 "leave baseline = 'none'"
             )
-        check_baseline(self.baseline, self.num_samples or 2)
 
 
 def exact_outer_hypergradient(problem: BilevelProblem, x, policy):

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bilevel_rl.algorithms import momentum as mom
-from bilevel_rl.algorithms.base import Solver, build_solver, tree_norm
+from bilevel_rl.algorithms.base import Solver, build_solver, make_solver, tree_norm
 from bilevel_rl.algorithms.follower import (
     PolicyFollower,
     align_policy,
@@ -284,7 +284,7 @@ def direction_errors(problem, keys, iters: int, **options) -> tuple[Array, Array
             "optimizer: direction_errors reads d_k off the update, so it must be "
             f"plain sgd, got {params.optimizer!r}"
         )
-    solver = make(**dict(options, track_exact=False))
+    solver = make_solver(estimator(params), params.optimizer, track_exact=False)
     lr = params.optimizer.step_size
     reward_fn, upper = problem.bind()
 
