@@ -3,21 +3,26 @@
 :func:`bilevel_rl.deep.ppo.train` with ``reward_fn=None`` (the environment's own
 reward, the "oracle" follower of the deep RLHF track), default
 :class:`~bilevel_rl.deep.ppo.Params` (64 environments x 128 steps per update, 4
-epochs of 16 minibatches, adam 1e-3 annealed, MLP 64-64 ReLU, soft return with
-``tau = 0.01``, float32), ``--seeds`` seeds vmapped in ONE compiled call of
+epochs of 16 minibatches, adam 1e-3 annealed, MLP 64-64 ReLU, ``tau = 0.01``,
+float32), in each of the :data:`VARIANTS`: ``soft`` (the default: ``-tau log pi``
+inside the return, the follower the hyper-gradient assumes and the one
+``benchmarks/deep_rlhf.py`` trains) and ``plain`` (``soft=False``: the usual
+entropy bonus ``tau H`` in the loss, the option for an oracle that only has to
+score well). Per variant, ``--seeds`` seeds vmapped in ONE compiled call of
 ``--steps`` environment steps per seed (default 10M).
 
-Reported:
+Reported per variant (``variants``):
 
 * ``final_return``: per seed, the mean true return of the episodes completed in
-  the last ``TAIL`` updates (target: mean over seeds ``>= 40`` within 10M steps);
+  the last ``TAIL`` updates (target: mean over seeds ``>= 40`` within 10M steps;
+  ``targets.return_met_by`` lists the variants that reach it);
 * ``curve``: that mean per block of updates against environment steps (the PNG);
-* ``throughput``: environment steps per second of the vmapped run (all seeds
-  together) and of one seed alone (a ``PROBE_UPDATES``-update run), both
-  excluding compilation (ahead-of-time compiled, timed apart; target ``>= 40k``
-  steps/s for one seed of 64 environments on 2 cores);
-* ``full_run_estimate_s``: the wall time 10M steps x ``--seeds`` would take at the
-  measured rate (when ``--steps`` is smaller).
+* ``run``: environment steps per second of the vmapped run (all seeds together),
+  compilation timed apart (ahead of time); ``full_run_estimate_s``: the wall time
+  10M steps x ``--seeds`` would take at the measured rate.
+
+``one_seed``: the default (soft) follower alone for ``PROBE_UPDATES`` updates
+(target ``>= 40k`` steps/s for one seed of 64 environments on 2 cores).
 
 Usage::
 
@@ -45,6 +50,8 @@ TAIL = 10
 """Updates (of 8192 steps by default) over which the final return is averaged."""
 PROBE_UPDATES = 40
 QUICK = {"steps": 40 * 8192, "probe_updates": 8}
+VARIANTS = {"soft": {}, "plain": {"soft": False}}
+"""Follower variants run in turn: their changes to the default ``ppo.Params``."""
 
 
 def compiled_train(env, env_params, params, num_updates, seeds):
@@ -93,23 +100,56 @@ def episode_means(metrics: dict, block: int) -> np.ndarray:
         return np.where(count > 0, total / count, np.nan)
 
 
+def variant_record(env, env_params, params, num_updates, seeds) -> dict:
+    """One variant's vmapped run: its params, run record, final return and curve."""
+    run, metrics = measure(env, env_params, params, num_updates, seeds)
+    run["full_run_estimate_s"] = seeds * FULL_STEPS / run["env_steps_per_s"]
+    tail = min(TAIL, num_updates)
+    total = metrics["episode_return_sum"][:, -tail:].sum(1)
+    count = metrics["episode_count"][:, -tail:].sum(1)
+    final = (total / np.maximum(count, 1)).tolist()
+    block = max(1, num_updates // 50)
+    curve = episode_means(metrics, block)
+    return {
+        "params": dataclasses.asdict(params),
+        "run": run,
+        "final_return": {
+            "per_seed": final,
+            "mean": float(np.mean(final)),
+            "tail_updates": tail,
+            "episodes_in_tail": count.tolist(),
+            "running_mean_return_last": metrics["mean_return"][:, -1].tolist(),
+            "entropy_last": metrics["entropy"][:, -1].tolist(),
+        },
+        "curve": {
+            "block_updates": block,
+            "env_steps": ((np.arange(curve.shape[1]) + 1) * block * params.batch_size),
+            "mean_return": np.where(np.isnan(curve), None, curve).tolist(),
+        },
+    }
+
+
 def plot(result):
     plt = harness.pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    curve = result["curve"]
-    for i, returns in enumerate(curve["mean_return"]):
-        returns = np.asarray(returns, dtype=float)  # None: a block without episodes
-        ax.plot(curve["env_steps"], returns, color=f"C{i}", label=f"seed {i}")
-    ax.axhline(TARGET_RETURN, color="k", ls="--", lw=1, label="target 40")
-    ax.set(
-        xlabel="environment steps (per seed)",
-        ylabel="mean true episode return",
-        title=f"PPO (soft, tau={result['params']['tau']}) on {ENV}: "
-        f"{result['run']['env_steps_per_s']:,.0f} steps/s, "
-        f"{result['run']['seeds']} seeds vmapped",
-    )
-    ax.title.set_fontsize(9)
-    ax.legend(fontsize=8)
+    variants = result["variants"]
+    fig, axes = plt.subplots(1, len(variants), figsize=(6 * len(variants), 4.5),
+                             sharey=True, squeeze=False)  # fmt: skip
+    for ax, (name, rec) in zip(axes[0], variants.items(), strict=True):
+        curve = rec["curve"]
+        for i, returns in enumerate(curve["mean_return"]):
+            returns = np.asarray(returns, dtype=float)  # None: no episode in a block
+            ax.plot(curve["env_steps"], returns, color=f"C{i}", label=f"seed {i}")
+        ax.axhline(TARGET_RETURN, color="k", ls="--", lw=1, label="target 40")
+        ax.set(
+            xlabel="environment steps (per seed)",
+            ylabel="mean true episode return",
+            title=f"PPO {name} (tau={rec['params']['tau']}) on {ENV}: final "
+            f"{rec['final_return']['mean']:.1f}, "
+            f"{rec['run']['env_steps_per_s']:,.0f} steps/s, "
+            f"{rec['run']['seeds']} seeds vmapped",
+        )
+        ax.title.set_fontsize(9)
+        ax.legend(fontsize=8)
     fig.suptitle(harness.run_title("PPO follower", result), fontsize=8)
     fig.tight_layout()
     return fig
@@ -125,55 +165,43 @@ def main(argv=None):
     import gymnax  # after harness, which must load before NumPy
 
     env, env_params = gymnax.make(ENV)
-    params = ppo.Params()
     steps = QUICK["steps"] if args.quick else args.steps
     probe_updates = QUICK["probe_updates"] if args.quick else PROBE_UPDATES
-    num_updates = max(1, steps // params.batch_size)
-    result.update(env=ENV, params=dataclasses.asdict(params))
+    default = ppo.Params()
+    num_updates = max(1, steps // default.batch_size)
+    result["env"] = ENV
 
-    # one seed alone, short: the throughput of the 64-environment follower
-    probe, _ = measure(env, env_params, params, probe_updates, 1)
+    # the default follower alone, short: the throughput of 64 environments
+    probe, _ = measure(env, env_params, default, probe_updates, 1)
     result["one_seed"] = probe
     bench.log(
         f"1 seed x {probe_updates} updates: {probe['env_steps_per_s']:,.0f} steps/s "
         f"(compile {probe['compile_s']:.1f} s)"
     )
-
-    run, metrics = measure(env, env_params, params, num_updates, args.seeds)
-    run["full_run_estimate_s"] = args.seeds * FULL_STEPS / run["env_steps_per_s"]
-    result["run"] = run
-    bench.log(
-        f"{args.seeds} seeds x {run['env_steps_per_seed']:,} steps: "
-        f"{run['run_s']:.1f} s, {run['env_steps_per_s']:,.0f} steps/s "
-        f"(compile {run['compile_s']:.1f} s)"
-    )
-    tail = min(TAIL, num_updates)
-    total = metrics["episode_return_sum"][:, -tail:].sum(1)
-    count = metrics["episode_count"][:, -tail:].sum(1)
-    final = (total / np.maximum(count, 1)).tolist()
-    block = max(1, num_updates // 50)
-    curve = episode_means(metrics, block)
-    result["final_return"] = {
-        "per_seed": final,
-        "mean": float(np.mean(final)),
-        "tail_updates": tail,
-        "episodes_in_tail": count.tolist(),
-        "running_mean_return_last": metrics["mean_return"][:, -1].tolist(),
-        "entropy_last": metrics["entropy"][:, -1].tolist(),
-    }
-    result["curve"] = {
-        "block_updates": block,
-        "env_steps": ((np.arange(curve.shape[1]) + 1) * block * params.batch_size),
-        "mean_return": np.where(np.isnan(curve), None, curve).tolist(),
-    }
+    result["variants"] = {}
+    for name, changes in VARIANTS.items():
+        params = dataclasses.replace(default, **changes)
+        rec = variant_record(env, env_params, params, num_updates, args.seeds)
+        result["variants"][name] = rec
+        bench.log(
+            f"{name}: {args.seeds} seeds x {rec['run']['env_steps_per_seed']:,} "
+            f"steps in {rec['run']['run_s']:.1f} s, "
+            f"{rec['run']['env_steps_per_s']:,.0f} steps/s (compile "
+            f"{rec['run']['compile_s']:.1f} s); final return per seed "
+            f"{np.round(rec['final_return']['per_seed'], 2).tolist()}"
+        )
+    met_by = [
+        name
+        for name, rec in result["variants"].items()
+        if rec["final_return"]["mean"] >= TARGET_RETURN
+        and rec["run"]["env_steps_per_seed"] <= FULL_STEPS
+    ]
     result["targets"] = {
         "return": TARGET_RETURN,
-        "return_met": bool(np.mean(final) >= TARGET_RETURN)
-        and run["env_steps_per_seed"] <= FULL_STEPS,
+        "return_met_by": met_by,
         "env_steps_per_s_one_seed": TARGET_STEPS_PER_S,
         "env_steps_per_s_met": probe["env_steps_per_s"] >= TARGET_STEPS_PER_S,
     }
-    bench.log(f"final return per seed {np.round(final, 2).tolist()}")
     bench.save(plot(result))
     return result
 
