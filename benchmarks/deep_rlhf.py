@@ -15,7 +15,11 @@ curves of return against environment steps, queries and wall time (the one
 call's time spread evenly over its iterations), environment steps per second
 (compile time apart), and for ``sobirl_branch`` the extra simulator steps of its
 branched rollouts. Headlines: each RLHF method's return over the oracle's at the
-same step budget, and the RLHF loop's steps/s over the oracle PPO loop's.
+same step budget, and the RLHF loop's steps/s over the oracle's and over the
+bare PPO loop's (``ppo_loop``: :func:`bilevel_rl.deep.ppo.train` on the true
+reward, the same seeds vmapped, ``PPO_LOOP_UPDATES`` updates, timed in the same
+run). ``stoc_sobirl_storm`` is deep Stoc-SoBiRL: ``sobirl_one_step`` with the
+fixed-sample STORM momentum on its score term (default ``momentum_weight``).
 
 Usage::
 
@@ -40,6 +44,7 @@ METHODS = {
     "oracle": dict(method="oracle"),
     "sobirl_one_step": dict(method="sobirl", estimator="one_step"),
     "sobirl_branch": dict(method="sobirl", estimator="branch"),
+    "stoc_sobirl_storm": dict(method="sobirl", estimator="one_step", momentum="storm"),
     "drlhf": dict(method="drlhf"),
     "two_stage": dict(method="two_stage"),
 }
@@ -47,6 +52,8 @@ SHARED = dict(fragment_length=25, buffer_size=2048, reward_batch=64, warmup=20)
 """The RLHF options every method shares (the rest: :class:`rlhf.Params`)."""
 FULL = dict(steps=3_000_000, queries=10_000, seeds=3)
 QUICK = dict(steps=24 * 8192, queries=240, seeds=2)
+PPO_LOOP_UPDATES = 40
+"""Updates of the bare PPO loop timed as the speed reference (``ppo_loop``)."""
 
 
 def method_params(name: str, iterations: int, queries: int) -> rlhf.Params:
@@ -115,6 +122,24 @@ def measure(env_name: str, name: str, steps: int, queries: int, seeds: int):
     return record
 
 
+def ppo_loop(env_name: str, updates: int, seeds: int) -> dict:
+    """Steps/s of the bare PPO loop (true reward) for ``seeds`` vmapped seeds."""
+    env, env_params = envs.make(env_name)
+    ppo_params = ppo.Params()
+    keys = jax.random.split(jax.random.key(0), seeds)
+
+    def run(keys):
+        return jax.vmap(lambda k: ppo.train(k, env, env_params, ppo_params, updates))(
+            keys
+        )
+
+    compiled, compile_s = harness.aot_compile(run, keys)
+    wall, cpu, _ = harness.once(lambda: compiled(keys))
+    steps = seeds * updates * ppo_params.batch_size
+    return {"updates": updates, "compile_s": compile_s, "run_s": wall,
+            "cpu_over_wall": cpu / wall, "env_steps_per_s": steps / wall}  # fmt: skip
+
+
 def plot(result):
     plt = harness.pyplot()
     games = list(result["runs"])
@@ -160,8 +185,13 @@ def main(argv=None):
     )
     games = ENVS[:1] if args.quick else args.envs
     result.update(size=size, shared=SHARED, ppo=dataclasses.asdict(ppo.Params()))
-    result["runs"], result["headlines"] = {}, {}
+    result["runs"], result["headlines"], result["ppo_loop"] = {}, {}, {}
     for game in games:
+        loop = result["ppo_loop"][game] = ppo_loop(
+            game, min(PPO_LOOP_UPDATES, size["steps"] // ppo.Params().batch_size),
+            size["seeds"],
+        )  # fmt: skip
+        bench.log(f"{game} bare PPO loop: {loop['env_steps_per_s']:,.0f} steps/s")
         runs = result["runs"][game] = {}
         for name in args.methods:
             rec = runs[name] = measure(game, name, **size)
@@ -181,6 +211,8 @@ def main(argv=None):
                 / max(oracle["final_return"]["mean"], 1e-9),
                 "steps_per_s_over_oracle": rec["env_steps_per_s"]
                 / oracle["env_steps_per_s"],
+                "steps_per_s_over_ppo_loop": rec["env_steps_per_s"]
+                / loop["env_steps_per_s"],
             }
             for name, rec in runs.items()
             if name != "oracle"

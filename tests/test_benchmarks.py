@@ -10,6 +10,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -67,8 +68,36 @@ def _convergence_rates(result):
         assert result["methods"][name]["frac_f_decreased"] >= 0.9, name
 
 
+def _ppo_minatar(result):
+    """Both followers run the whole budget; the one-seed probe times the default."""
+    assert set(result["variants"]) == {"soft", "plain"}
+    for name, rec in result["variants"].items():
+        assert rec["params"]["soft"] == (name == "soft"), name
+        assert all(np.isfinite(rec["final_return"]["per_seed"])), name
+        assert rec["run"]["env_steps_per_seed"] == 40 * 8192, name
+    assert result["one_seed"]["seeds"] == 1
+
+
+def _deep_rlhf(result):
+    """Every method stays finite and within its query budget; the oracle asks none;
+    the speed ratios are taken against runs timed in the same process."""
+    (game,) = result["runs"]
+    budget = result["size"]["queries"]
+    for name, rec in result["runs"][game].items():
+        assert rec["all_finite"], name
+        assert (
+            rec["queries_per_seed"] == 0
+            if name == "oracle"
+            else (0 < rec["queries_per_seed"] <= budget + rec["iterations"])
+        ), name
+    assert result["ppo_loop"][game]["env_steps_per_s"] > 0
+    assert set(result["headlines"][game]) == set(result["runs"][game]) - {"oracle"}
+
+
 HEADLINES = {
     "convergence_rates": _convergence_rates,
+    "deep_rlhf": _deep_rlhf,
+    "ppo_minatar": _ppo_minatar,
     "time_to_solution": _time_to_solution,
 }
 """Per script, assertions on the direction of its headline numbers (not timings:

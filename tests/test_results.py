@@ -144,3 +144,32 @@ def test_ppo_oracle_return_and_speed():
         rec = result["variants"][name]
         assert rec["run"]["env_steps_per_seed"] <= 10_000_000
         assert 20 < rec["final_return"]["mean"] < 40, name
+
+
+def test_deep_rlhf_budget_ratios_and_speed():
+    """deep_rlhf's headlines: both games, every method finite within the query
+    budget; on Breakout at least one of deep SoBiRL (any variant) and DRLHF reaches
+    half the oracle's return, on SpaceInvaders none reaches half (the README says
+    so); every RLHF loop runs at >= 50% of the oracle loop's steps/s; the default
+    run fits 45 minutes."""
+    result = json.loads((RESULTS / "deep_rlhf.json").read_text())
+    assert set(result["runs"]) == {"Breakout-MinAtar", "SpaceInvaders-MinAtar"}
+    assert result["total_run_s"] <= 45 * 60
+    budget = result["size"]["queries"]
+    for game, runs in result["runs"].items():
+        for name, rec in runs.items():
+            assert rec["all_finite"], (game, name)
+            queries = rec["queries_per_seed"]
+            assert queries == 0 if name == "oracle" else queries <= 1.01 * budget
+        for name, head in result["headlines"][game].items():
+            assert head["steps_per_s_over_oracle"] >= 0.5, (game, name)
+    ratio = {
+        game: max(
+            head["return_over_oracle"]
+            for name, head in heads.items()
+            if name.startswith(("sobirl", "stoc_sobirl", "drlhf"))
+        )
+        for game, heads in result["headlines"].items()
+    }
+    assert ratio["Breakout-MinAtar"] >= 0.5
+    assert ratio["SpaceInvaders-MinAtar"] < 0.5
