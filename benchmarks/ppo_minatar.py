@@ -6,10 +6,11 @@ reward, the "oracle" follower of the deep RLHF track), default
 epochs of 16 minibatches, adam 1e-3 annealed, MLP 64-64 ReLU, ``tau = 0.01``,
 float32), in each of the :data:`VARIANTS`: ``soft`` (the default: ``-tau log pi``
 inside the return, the follower the hyper-gradient assumes and the one
-``benchmarks/deep_rlhf.py`` trains) and ``plain`` (``soft=False``: the usual
+``benchmarks/deep_rlhf.py`` trains), ``plain`` (``soft=False``: the usual
 entropy bonus ``tau H`` in the loss, the option for an oracle that only has to
-score well). Per variant, ``--seeds`` seeds vmapped in ONE compiled call of
-``--steps`` environment steps per seed (default 10M).
+score well) and ``plain_wide`` (the same with hidden widths 256-256: about 3.5x
+slower per step, faster per step of experience). Per variant, ``--seeds`` seeds
+vmapped in ONE compiled call of ``--steps`` environment steps per seed (default 10M).
 
 Reported per variant (``variants``):
 
@@ -28,12 +29,15 @@ Usage::
 
     python benchmarks/ppo_minatar.py                   # 3 seeds x 10M steps
     python benchmarks/ppo_minatar.py --steps 3000000   # shorter
-    python benchmarks/ppo_minatar.py --quick           # smoke run (< 1 minute)
+    python benchmarks/ppo_minatar.py --quick           # smoke run (< 2 minutes)
+    python benchmarks/ppo_minatar.py --variants plain_wide --merge  # one variant,
+                                   # the others carried over from the results file
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 
 import harness
@@ -50,7 +54,11 @@ TAIL = 10
 """Updates (of 8192 steps by default) over which the final return is averaged."""
 PROBE_UPDATES = 40
 QUICK = {"steps": 40 * 8192, "probe_updates": 8}
-VARIANTS = {"soft": {}, "plain": {"soft": False}}
+VARIANTS = {
+    "soft": {},
+    "plain": {"soft": False},
+    "plain_wide": {"soft": False, "hidden": (256, 256)},
+}
 """Follower variants run in turn: their changes to the default ``ppo.Params``."""
 
 
@@ -159,6 +167,11 @@ def main(argv=None):
     p = harness.parser(__doc__)
     p.add_argument("--steps", type=int, default=FULL_STEPS, help="env steps per seed")
     p.add_argument("--seeds", type=int, default=3, help="seeds vmapped in one call")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument(
+        "--merge", action="store_true",
+        help="carry the variants not run over from the existing results file",
+    )  # fmt: skip
     args = p.parse_args(argv)
     bench = harness.Bench(NAME, args, argv)
     result = bench.result
@@ -178,9 +191,15 @@ def main(argv=None):
         f"1 seed x {probe_updates} updates: {probe['env_steps_per_s']:,.0f} steps/s "
         f"(compile {probe['compile_s']:.1f} s)"
     )
-    result["variants"] = {}
-    for name, changes in VARIANTS.items():
-        params = dataclasses.replace(default, **changes)
+    result["variants"], result["carried_over"] = {}, []
+    if args.merge:
+        kept = json.loads((harness.RESULTS / f"{NAME}.json").read_text())["variants"]
+        for name, rec in kept.items():
+            if name not in args.variants:
+                result["variants"][name] = rec
+                result["carried_over"].append(name)
+    for name in args.variants:
+        params = dataclasses.replace(default, **VARIANTS[name])
         rec = variant_record(env, env_params, params, num_updates, args.seeds)
         result["variants"][name] = rec
         bench.log(

@@ -70,7 +70,7 @@ def _convergence_rates(result):
 
 def _ppo_minatar(result):
     """Both followers run the whole budget; the one-seed probe times the default."""
-    assert set(result["variants"]) == {"soft", "plain"}
+    assert set(result["variants"]) == {"soft", "plain", "plain_wide"}
     for name, rec in result["variants"].items():
         assert rec["params"]["soft"] == (name == "soft"), name
         assert all(np.isfinite(rec["final_return"]["per_seed"])), name

@@ -134,16 +134,17 @@ def test_leave_one_out_baseline_puts_every_sampled_method_inside_its_rule(rates)
 
 def test_ppo_oracle_return_and_speed():
     """ppo_minatar's headline: one seed of 64 environments runs at >= 40k steps/s;
-    neither follower variant reaches the return target 40 within 10M steps (the
-    README says so), and both learn (final return well above a random policy's
-    ~1 per episode)."""
+    within 10M steps only the wide plain follower reaches the return target 40 (the
+    README says so); the 64-64 followers learn but stay below it."""
     result = json.loads((RESULTS / "ppo_minatar.json").read_text())
     assert result["one_seed"]["env_steps_per_s"] >= 40_000
-    assert result["targets"]["return_met_by"] == []
+    assert result["targets"]["return_met_by"] == ["plain_wide"]
+    variants = result["variants"]
+    for name, rec in variants.items():
+        assert rec["run"]["env_steps_per_seed"] <= 10_000_000, name
     for name in ("soft", "plain"):
-        rec = result["variants"][name]
-        assert rec["run"]["env_steps_per_seed"] <= 10_000_000
-        assert 20 < rec["final_return"]["mean"] < 40, name
+        assert 20 < variants[name]["final_return"]["mean"] < 40, name
+    assert min(variants["plain_wide"]["final_return"]["per_seed"]) >= 40
 
 
 def test_deep_rlhf_budget_ratios_and_speed():
