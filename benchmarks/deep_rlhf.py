@@ -35,6 +35,7 @@ import sys
 import harness
 import jax
 import numpy as np
+import ppo_minatar
 
 from bilevel_rl.deep import envs, ppo, rlhf
 
@@ -123,21 +124,11 @@ def measure(env_name: str, name: str, steps: int, queries: int, seeds: int):
 
 
 def ppo_loop(env_name: str, updates: int, seeds: int) -> dict:
-    """Steps/s of the bare PPO loop (true reward) for ``seeds`` vmapped seeds."""
+    """Steps/s of the bare PPO loop (true reward) for ``seeds`` vmapped seeds:
+    :func:`ppo_minatar.measure`'s record."""
     env, env_params = envs.make(env_name)
-    ppo_params = ppo.Params()
-    keys = jax.random.split(jax.random.key(0), seeds)
-
-    def run(keys):
-        return jax.vmap(lambda k: ppo.train(k, env, env_params, ppo_params, updates))(
-            keys
-        )
-
-    compiled, compile_s = harness.aot_compile(run, keys)
-    wall, cpu, _ = harness.once(lambda: compiled(keys))
-    steps = seeds * updates * ppo_params.batch_size
-    return {"updates": updates, "compile_s": compile_s, "run_s": wall,
-            "cpu_over_wall": cpu / wall, "env_steps_per_s": steps / wall}  # fmt: skip
+    record, _ = ppo_minatar.measure(env, env_params, ppo.Params(), updates, seeds)
+    return record
 
 
 def plot(result):

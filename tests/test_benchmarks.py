@@ -69,7 +69,8 @@ def _convergence_rates(result):
 
 
 def _ppo_minatar(result):
-    """Both followers run the whole budget; the one-seed probe times the default."""
+    """Every follower variant runs the whole budget; the one-seed probe times the
+    default."""
     assert set(result["variants"]) == {"soft", "plain", "plain_wide"}
     for name, rec in result["variants"].items():
         assert rec["params"]["soft"] == (name == "soft"), name
