@@ -40,7 +40,9 @@ The deterministic methods draw no samples, so the ``_baseline`` configurations r
 the sampled methods only.
 
 ``--configs constant --merge`` re-runs one configuration and carries the others
-over from the existing results file, listed under ``carried_over``.
+over from the existing results file, listed under ``carried_over``; the replaced
+methods' summaries stay under ``replaced``. Each method records its ``batch``; the
+theorem configuration's Stoc-SoBiRL runs go in phases (:func:`phase_ends`).
 
 Writes ``benchmarks/results/convergence_rates.{json,png}``.
 Usage: ``python benchmarks/convergence_rates.py [--batch 512] [--iters 3000]
@@ -53,6 +55,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 
 import harness
 import jax
@@ -70,7 +73,7 @@ from bilevel_rl.algorithms import (  # noqa: E402
     sobirl,
     stoc_sobirl,
 )
-from bilevel_rl.experiment import run  # noqa: E402
+from bilevel_rl.experiment import load_history, run  # noqa: E402
 from bilevel_rl.suites import shaping_problem  # noqa: E402
 
 NAME = "convergence_rates"
@@ -99,6 +102,10 @@ GROWTH = dict(sample_growth=1 / 3, growth_offset=300.0)
 RATES = {"deterministic": -1.0, "stochastic": -2.0 / 3.0}
 CONFIGS = ("theorem", "constant", "theorem_baseline", "constant_baseline")
 LOO = "leave_one_out"
+SUMMARY_KEYS = (
+    "batch", "f_initial_mean", "f_final_mean", "f_final_se", "frac_f_decreased",
+    "slope_avg_sq", "slope_avg_sq_vs_transitions", "grad_norm_final_median",
+)  # fmt: skip  # what --merge keeps of a method it replaces (under "replaced")
 
 
 def baseline_of(config: str) -> str:
@@ -172,9 +179,10 @@ def step_rules(problems, count, baseline):
             "c_lr": momentum_scale(l_sq_lr)}  # fmt: skip
 
 
-def methods(config, K, rule):
+def methods(config, K, rule, top=None):
     """The solvers of one configuration; ``rule`` from :func:`step_rules` for its
-    baseline."""
+    baseline. ``top``: the growing schedule's static shapes are its sizes at
+    iteration ``top`` (default ``K``: the whole run; see :func:`phase_ends`)."""
     baseline = baseline_of(config)
     sizes = dict(SIZES, baseline=baseline)
     steps, c_lr = rule["steps"], rule["c_lr"]
@@ -182,7 +190,13 @@ def methods(config, K, rule):
         sgd = Optimizer(learning_rate=BETA)
         a, w, c = steps
         lr = Optimizer(learning_rate=a, schedule="inverse_cube_root", offset=w)
-        stoc = dict(optimizer=lr, momentum_scale=c, schedule_iters=K, **GROWTH, **sizes)
+        stoc = dict(
+            optimizer=lr,
+            momentum_scale=c,
+            schedule_iters=K if top is None else top,
+            **GROWTH,
+            **sizes,
+        )
         sampled = {
             "stoc_sobirl_storm": stoc_sobirl.make(momentum="storm", **stoc),
             "stoc_sobirl_average": stoc_sobirl.make(momentum="average", **stoc),
@@ -223,6 +237,44 @@ def methods(config, K, rule):
         ),
         "stoc_sobirl_none": stoc_sobirl.make(momentum="none", **stoc),
     }
+
+
+def phase_ends(K: int, min_length: int) -> list[int]:
+    """Ends of the phases a theorem-configuration run is split into.
+
+    The growing schedule's shapes are static: one compiled program draws at its
+    largest sizes and masks down to ``(D_k, E_k, L_k)``, so early iterations pay
+    for the late sizes. A phase ``[start, end)`` runs a solver whose static shapes
+    are the sizes at ``end - 1`` (``schedule_iters = end - 1``: the same
+    ``(D_k, E_k, L_k)`` for every ``k`` in the phase), continuing from the last
+    phase's checkpoint. Phases end where the sizes change, at least
+    ``min_length`` iterations apart; the last ends at ``K``. The algorithm and its
+    sample sizes are those of the single-program run at every ``k``; its draws
+    are too while the static ``E`` agrees (the draws are prefix-consistent in
+    ``D`` and ``L``, not in ``E``: tests/test_storm.py), else they are other
+    draws of the same distribution. On the theorem configuration (K = 3000) the
+    phases cost about 0.58x the single program.
+    """
+    params = stoc_sobirl.Params(**SIZES, **GROWTH, schedule_iters=K)
+    sizes = [stoc_sobirl.sample_sizes(params, k, np) for k in range(K)]
+    ends, start = [], 0
+    for k in range(1, K):
+        if sizes[k] != sizes[k - 1] and k - start >= min_length:
+            ends, start = [*ends, k], k
+    return [*ends, K]
+
+
+def run_phased(make, batch, keys, ends):
+    """``run`` in phases (:func:`phase_ends`): ``make(top)`` is the solver whose
+    static sample shapes are the sizes at ``top``. Returns the per-run history."""
+    with tempfile.TemporaryDirectory() as folder:
+        start = 0
+        for end in ends:
+            solver = make(end - 1)
+            run(solver, batch, keys, end, checkpoint_dir=folder,
+                segment_length=end - start)  # fmt: skip
+            start = end
+        return load_history(os.path.join(folder, "history"))
 
 
 def rate_curves(grad_norms: np.ndarray, grid: np.ndarray):
@@ -305,6 +357,12 @@ def main(argv=None):
     harness.set_host_devices(os.cpu_count() or 1)  # the batch is sharded over cores
     bench = harness.Bench(NAME, args, argv)
     K = args.iters
+    if args.merge:  # checked before anything runs
+        with open(harness.RESULTS / f"{NAME}.json") as file:
+            previous = json.load(file)
+        if previous["iters"] != K:
+            parser.error(f"--merge: the results file ran {previous['iters']} "
+                         f"iterations, not --iters {K}")  # fmt: skip
     grid = np.unique(np.geomspace(10, K, 30).astype(int))
     keys = jax.random.split(jax.random.key(0), args.batch)
     problems = jax.vmap(lambda k: shaping_problem(k, **SUITE))(keys)
@@ -329,20 +387,39 @@ def main(argv=None):
         B = args.theorem_batch if config.startswith("theorem") else args.batch
         batch = jax.tree.map(lambda a: a[:B], problems)
         rule = rules[baseline_of(config)]
+        ends = phase_ends(K, K // 6) if config.startswith("theorem") else [K]
         for name, solver in methods(config, K, rule).items():
-            wall, _, (_, hist) = harness.once(
-                lambda solver=solver: run(solver, batch, keys[:B], K)
-            )
-            results[f"{config}/{name}"] = summarize(name, config, hist, grid, wall)
+            phased = len(ends) > 1 and name.startswith("stoc")
+            if not phased:
+                wall, _, (_, hist) = harness.once(
+                    lambda solver=solver: run(solver, batch, keys[:B], K)
+                )
+            else:  # the growing schedule, each phase at its own static shapes
 
-    carried = []
+                def make(top, name=name):
+                    return methods(config, K, rule, top)[name]
+
+                wall, _, hist = harness.once(
+                    lambda make=make: run_phased(make, batch, keys[:B], ends)
+                )
+            res = summarize(name, config, hist, grid, wall)
+            phases = ends if phased else [K]
+            results[f"{config}/{name}"] = {**res, "batch": B, "phase_ends": phases}
+
+    carried, replaced = [], []
     if args.merge:
-        previous = harness.RESULTS / f"{NAME}.json"
-        with open(previous) as file:
-            kept = json.load(file)["methods"]
+        kept, kept_batch = previous["methods"], previous["batch"]
+        replaced = previous.get("replaced", [])
+        gone = {}  # summaries of the methods this run replaces, with their run
         for name, res in kept.items():
+            kind = "theorem" if name.startswith("theorem") else "constant"
+            res.setdefault("batch", kept_batch[kind])
             if name.split("/")[0] not in configs:
                 results[name], carried = res, [*carried, name]
+            else:
+                gone[name] = {k: v for k, v in res.items() if k in SUMMARY_KEYS}
+        if gone:
+            replaced = [*replaced, {"created": previous["created"], "methods": gone}]
         configs = sorted({name.split("/")[0] for name in results})
     comparisons = {}
     for config in configs:
@@ -361,7 +438,10 @@ def main(argv=None):
                 **SUITE,
                 "seeds": "jax.random.split(key(0), batch): the first B instances",
             },  # fmt: skip
-            "batch": {"constant": args.batch, "theorem": args.theorem_batch},
+            "batch": {  # of the configurations run now; per method: its "batch"
+                "constant": args.batch,
+                "theorem": args.theorem_batch,
+            },
             "configurations": {
                 config: {"baseline": baseline_of(config)} for config in CONFIGS
             },
@@ -397,6 +477,7 @@ def main(argv=None):
                 "leave_one_out": loo_conditions(rules[LOO], K),
             },  # fmt: skip
             "carried_over": carried,
+            "replaced": replaced,
             "earlier_runs": EARLIER,
             "storm_vs_others_f_final": comparisons,
             "methods": results,

@@ -176,3 +176,34 @@ def test_scheduled_solver_counts_the_transitions_it_uses():
     sizes = [stoc_sobirl.sample_sizes(p, k, np) for k in range(6)]
     assert [D * m * H * (1 + 2 * E * L) for D, E, L in sizes] == counts
     assert counts[0] < counts[-1] and counts[-1] == counts[-2]  # grows, then stops
+
+
+def test_schedule_stopped_early_runs_the_same_iterates_up_to_its_stop():
+    """A solver whose schedule stops at ``k_1`` (static shapes = the sizes at
+    ``k_1``) uses the same sizes as the full schedule for ``k <= k_1``, and, where
+    the two static shapes differ only in ``D`` and ``L`` (the draws are
+    prefix-consistent along those, not along ``E``), the same draws: bitwise the
+    same iterates. So a long run can go in phases, each compiled at its own
+    smaller shapes (benchmarks/convergence_rates.py)."""
+    params = dict(
+        num_samples=2, num_rollouts=1, rollout_length=3, sample_growth=0.5,
+        growth_offset=1.0, inner_steps=1, baseline="leave_one_out",
+        track_exact=False,
+    )  # fmt: skip
+
+    def top(stop):
+        p = stoc_sobirl.Params(**params, schedule_iters=stop)
+        return stoc_sobirl.sample_sizes(p, stop, np)
+
+    assert (top(1), top(2)) == ((2, 1, 4), (3, 1, 4))  # D differs, E does not
+    prob = problem()
+    solvers = [stoc_sobirl.make(**params, schedule_iters=k) for k in (2, 1)]
+    states = [s.init(prob, jax.random.key(0)) for s in solvers]
+    steps = [jax.jit(s.step) for s in solvers]
+    for _ in range(2):  # k = 0, 1
+        outs = [step(state, prob) for step, state in zip(steps, states)]
+        states = [state for state, _ in outs]
+        assert outs[0][1]["transitions"] == outs[1][1]["transitions"]
+    full, short = (s._replace(key=jax.random.key_data(s.key)) for s in states)
+    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(short)):
+        np.testing.assert_array_equal(a, b)
