@@ -252,8 +252,7 @@ def phase_ends(K: int, min_length: int) -> list[int]:
     sample sizes are those of the single-program run at every ``k``; its draws
     are too while the static ``E`` agrees (the draws are prefix-consistent in
     ``D`` and ``L``, not in ``E``: tests/test_storm.py), else they are other
-    draws of the same distribution. On the theorem configuration (K = 3000) the
-    phases cost about 0.58x the single program.
+    draws of the same distribution.
     """
     params = stoc_sobirl.Params(**SIZES, **GROWTH, schedule_iters=K)
     sizes = [stoc_sobirl.sample_sizes(params, k, np) for k in range(K)]
@@ -408,12 +407,10 @@ def main(argv=None):
 
     carried, replaced = [], []
     if args.merge:
-        kept, kept_batch = previous["methods"], previous["batch"]
+        kept = previous["methods"]
         replaced = previous.get("replaced", [])
         gone = {}  # summaries of the methods this run replaces, with their run
         for name, res in kept.items():
-            kind = "theorem" if name.startswith("theorem") else "constant"
-            res.setdefault("batch", kept_batch[kind])
             if name.split("/")[0] not in configs:
                 results[name], carried = res, [*carried, name]
             else:
